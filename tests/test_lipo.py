@@ -238,3 +238,19 @@ def test_float32_inputs_keep_dtype_and_stay_finite():
     out = lipo_advantage(rewards, torch.randint(0, 5, (64,)), torch.arange(64) // 8, l_max=4)
     assert out.advantages.dtype == torch.float32
     assert all(torch.isfinite(t).all() for t in (out.advantages, out.adjusted_rewards, out.weights, out.l_opt))
+
+
+def test_registry_reads_our_validated_config():
+    from tiny_r1v.config import load_config
+    from tiny_r1v.config.train import TrainConfig
+
+    cfg = load_config(TrainConfig, "configs/quickstart.yaml", ["algorithm.lipo.eta=0.5", "rollout.max_response_length=4"])
+    mask = torch.ones(2, 4)
+    mask[0, 2:] = 0
+    rewards = torch.zeros(2, 4)
+    rewards[:, 0] = 1.0
+    advantages, _ = get_adv_estimator_fn("lipo")(
+        token_level_rewards=rewards, response_mask=mask, index=np.zeros(2), config=cfg.algorithm
+    )
+    expected = run([1.0, 1.0], [2, 4], eta=0.5, l_max=4).advantages
+    torch.testing.assert_close(advantages[:, 0], expected.float())

@@ -1,0 +1,200 @@
+"""Typed, frozen dataclass configs: dataclass defaults <- YAML file <- `a.b.c=value` overrides.
+
+A schema is a tree of frozen dataclasses. Values are type-checked against the type hints before
+the top-level class's `validate()` runs, so its rules can rely on the types; `validate()`
+returns the validated instance, resolved (through `dataclasses.replace`) where a field's
+default depends on other fields.
+
+Structural problems (unknown keys, wrong types, missing required keys) are all reported in one
+`ConfigError`; rule violations from `validate()` stop at the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+# A bool is an int in Python; a config that says `n: true` is a mistake, so match exact types.
+_SCALARS: dict[type, tuple[type, ...]] = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+class ConfigError(ValueError):
+    """A configuration that does not fit its schema; `errors` holds (dotted key, rule) pairs."""
+
+    def __init__(self, *errors: tuple[str, str]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(f"{key}: {rule}" for key, rule in errors))
+
+
+def require(ok: bool, key: str, rule: str) -> None:
+    """Raise a ConfigError for `key` (relative to the section being validated) unless `ok`."""
+    if not ok:
+        raise ConfigError((key, rule))
+
+
+@contextlib.contextmanager
+def section(prefix: str) -> Iterator[None]:
+    """Re-raise ConfigErrors from a sub-section's `validate()` with their keys under `prefix`."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(*((f"{prefix}.{key}", rule) for key, rule in err.errors)) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """`yaml.safe_load`, plus YAML 1.2 floats like `1e-6` that YAML 1.1 reads as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
+    """Build `cls` from its defaults, the YAML file at `path` and `key.sub=value` overrides.
+
+    Override values are parsed as YAML (`x=3`, `x=0.5`, `x=true`, `x=[a,b]`, `x=null`); an
+    override replaces whatever the file had at its key. Returns `cls.validate()`'s result.
+    """
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    for override in overrides:
+        _apply_override(raw, override)
+    errors: list[tuple[str, str]] = []
+    cfg = _build(cls, raw, "", errors)
+    if errors:
+        raise ConfigError(*errors)
+    return cfg.validate()
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples as lists), ready for YAML/JSON; loads back equal."""
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError((str(path), "config file not found"))
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError((str(path), f"invalid YAML: {err}")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError((str(path), f"top level must be a mapping, got {_describe(data)}"))
+    return data
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError((f"override {override!r}", "malformed, expected key.sub=value"))
+    try:
+        value = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError((key, f"cannot parse override value {text!r}: {err}")) from None
+    node = raw
+    for depth, part in enumerate(parts[:-1], start=1):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError((".".join(parts[:depth]), f"expected a mapping, got {_describe(node)}"))
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, key: str, errors: list[tuple[str, str]]) -> Any:
+    """Instance of dataclass `cls` from mapping `data`; problems go to `errors` (then None)."""
+    if not isinstance(data, dict):
+        errors.append((key, f"expected a mapping, got {_describe(data)}"))
+        return None
+    n_errors = len(errors)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in data:
+        if name not in fields:
+            errors.append((_join(key, name), _unknown_key(str(name), list(fields))))
+    kwargs = {}
+    for name, field in fields.items():
+        sub_key, tp = _join(key, name), hints[name]
+        if name in data:
+            kwargs[name] = _coerce(data[name], tp, sub_key, errors)
+        elif dataclasses.is_dataclass(tp):
+            # Build absent sections from their fields, so a missing required key is named.
+            kwargs[name] = _build(tp, {}, sub_key, errors)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            errors.append((sub_key, "required, not set"))
+    return cls(**kwargs) if len(errors) == n_errors else None
+
+
+def _coerce(value: Any, tp: Any, key: str, errors: list[tuple[str, str]]) -> Any:
+    """`value` checked against type hint `tp` (ints widened to float, lists to tuples)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, errors)
+    if origin in (typing.Union, types.UnionType):
+        if len(args) != 2 or type(None) not in args:
+            raise TypeError(f"{key}: unsupported annotation {tp} (only `X | None`)")
+        inner = args[0] if args[1] is type(None) else args[1]
+        return None if value is None else _coerce(value, inner, key, errors)
+    if origin is Literal:
+        if any(value == choice and type(value) is type(choice) for choice in args):
+            return value
+        errors.append((key, f"must be one of {list(args)}, got {value!r}"))
+    elif origin in (list, tuple):
+        variadic = origin is list or args[-1] is Ellipsis
+        if not isinstance(value, list):
+            errors.append((key, f"expected {_type_name(tp)}, got {_describe(value)}"))
+        elif not variadic and len(value) != len(args):
+            errors.append((key, f"expected {len(args)} items, got {len(value)}"))
+        else:
+            item_types = [args[0]] * len(value) if variadic else args
+            return origin(
+                _coerce(item, item_tp, f"{key}[{i}]", errors)
+                for i, (item, item_tp) in enumerate(zip(value, item_types))
+            )
+    elif tp in _SCALARS:
+        if type(value) in _SCALARS[tp]:
+            return tp(value)
+        errors.append((key, f"expected {tp.__name__}, got {_describe(value)}"))
+    else:
+        raise TypeError(f"{key}: unsupported annotation {tp}")
+    return None
+
+
+def _unknown_key(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f", did you mean {close[0]!r}?" if close else ""
+    return f"unknown key{hint} (known: {', '.join(known)})"
+
+
+def _join(prefix: str, name: Any) -> str:
+    return f"{prefix}.{name}" if prefix else str(name)
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"
+
+
+def _type_name(tp: Any) -> str:
+    return repr(tp).replace("typing.", "")

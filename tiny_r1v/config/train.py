@@ -1,0 +1,318 @@
+"""Schema of a LIPO/GRPO training run (SPEC §1–§2 switches), validated before any actor starts.
+
+Each section's `validate()` checks its own fields and names them relative to the section;
+`TrainConfig.validate()` puts them under the section's key, checks the cross-section rules and
+resolves the defaults that depend on other sections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from tiny_r1v.config.loader import require, section
+
+# Qwen2.5-VL: 14-pixel patches merged 2x2, so one image token per 28x28 pixels.
+PIXELS_PER_IMAGE_TOKEN = 28 * 28
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    require(value >= low, key, f"must be >= {low}, got {value}")
+
+
+def _positive(key: str, value: float) -> None:
+    require(value > 0, key, f"must be > 0, got {value}")
+
+
+def _within(key: str, value: float, low: float, high: float, brackets: str = "[]") -> None:
+    above = value > low if brackets[0] == "(" else value >= low
+    below = value < high if brackets[1] == ")" else value <= high
+    require(above and below, key, f"must be in {brackets[0]}{low}, {high}{brackets[1]}, got {value}")
+
+
+def _not_empty(key: str, value: str) -> None:
+    require(value != "", key, "must not be empty")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_files: tuple[str, ...]
+    """Training data files (JSONL or Parquet)."""
+    val_files: tuple[str, ...] = ()
+    """Validation data files; empty skips validation."""
+    task: Literal["math", "chart", "ocr", "vqa"] = "math"
+    """Task family: selects the accuracy reward (SPEC §1) and the LIPO `xi` default."""
+    prompt_format: Literal["boxed", "answer_tags"] = "boxed"
+    """Where the final answer goes: `\\boxed{...}` or `<answer>...</answer>` (SPEC §1 switch)."""
+    max_prompt_length: int = 2048
+    """Prompt length limit in tokens, image tokens included."""
+    min_pixels: int = 262144
+    """Images smaller than this many pixels are upscaled to it (aspect ratio kept)."""
+    max_pixels: int = 1048576
+    """Images larger than this many pixels are downscaled to it; one token per 28x28 pixels."""
+    shuffle: bool = True
+    """Shuffle the training prompts every epoch."""
+    seed: int = 1
+    """Seed of the data shuffle."""
+
+    def validate(self) -> None:
+        require(len(self.train_files) > 0, "train_files", "must list at least one file")
+        _positive("max_prompt_length", self.max_prompt_length)
+        _positive("min_pixels", self.min_pixels)
+        require(
+            self.min_pixels <= self.max_pixels,
+            "min_pixels",
+            f"must be <= max_pixels ({self.max_pixels}), got {self.min_pixels}",
+        )
+        image_tokens = self.max_pixels // PIXELS_PER_IMAGE_TOKEN
+        require(
+            image_tokens < self.max_prompt_length,
+            "max_pixels",
+            f"an image of {self.max_pixels} pixels takes {image_tokens} tokens, which leaves no "
+            f"room for text in max_prompt_length ({self.max_prompt_length})",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str
+    """Hugging Face model directory (or hub id available offline) of the policy's start point."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """Parameter dtype of learner and rollout; auto = bfloat16 on GPU, float32 on CPU."""
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
+    """Learner attention kernel; auto = flash_attention_2 on GPU when installed, else sdpa."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about a third more compute."""
+    freeze_vision_tower: bool = False
+    """Train the language model only; the vision tower and its merger keep their weights."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model directory."""
+
+    def validate(self) -> None:
+        _not_empty("path", self.path)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    n: int = 5
+    """Group size G: responses sampled per prompt; advantages compare within a group."""
+    temperature: float = 1.0
+    """Sampling temperature; > 0, since identical greedy responses give zero advantage."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, in (0, 1]."""
+    max_response_length: int = 2048
+    """Generation limit in tokens; also the default LIPO `l_max`."""
+    num_workers: int = 1
+    """Rollout workers (one vLLM engine each)."""
+    tensor_parallel_size: int = 1
+    """GPUs per vLLM engine."""
+    gpu_memory_utilization: float = 0.6
+    """Share of GPU memory vLLM may take, in (0, 1]; on CPU the share of host RAM for KV cache."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs in vLLM: slower decoding, faster start-up and less memory."""
+    seed: int = 1
+    """Seed of the vLLM sampler."""
+
+    def validate(self) -> None:
+        require(self.n >= 2, "n", f"group size must be >= 2, got {self.n}")
+        _positive("temperature", self.temperature)
+        _within("top_p", self.top_p, 0, 1, "(]")
+        _positive("max_response_length", self.max_response_length)
+        _positive("num_workers", self.num_workers)
+        _positive("tensor_parallel_size", self.tensor_parallel_size)
+        _within("gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, "(]")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    format_weight: float = 0.1
+    """w_fmt in r = (1 - w_fmt) * accuracy + w_fmt * format (SPEC §1), in [0, 1]."""
+    timeout_s: float = 5.0
+    """Per-response scoring time limit; a response past it scores 0 and is counted."""
+    num_workers: int = 2
+    """Scorer processes in the reward actor pool."""
+
+    def validate(self) -> None:
+        _within("format_weight", self.format_weight, 0, 1)
+        _positive("timeout_s", self.timeout_s)
+        _positive("num_workers", self.num_workers)
+
+
+@dataclass(frozen=True)
+class LipoConfig:
+    """LIPO's switches (SPEC §2); `TrainConfig.validate()` resolves the None defaults."""
+
+    xi: float | None = None
+    """Reward tolerance for "similar quality", in [0, 1]; None: 0.05 for OCR, else 0.0."""
+    q_min: float = 0.5
+    """Minimum reward of a shorter response to be boosted, in [0, 1]."""
+    delta_len: int = 1
+    """Minimum length gap (tokens) to the longer neighbour for a boost."""
+    eta: float = 0.2
+    """Boost strength: r' = r * (1 + eta * phi(L))."""
+    l_max: int | None = None
+    """Length at which phi reaches 0; None: rollout.max_response_length."""
+    penalize_worse_shorter: bool = False
+    """Also shrink a shorter response that is clearly worse: r' = r * (1 - eta * phi(L))."""
+    l_opt_over: Literal["all", "correct"] = "all"
+    """Responses whose lengths define L_opt = max(2 * min L, median L)."""
+    kappa: float = 0.5
+    """Width of the length weights w = exp(-|L - L_opt| / (kappa * L_opt))."""
+    scale_by_weight: bool = False
+    """Also multiply each advantage by G * w_i / sum_j w_j."""
+
+    def validate(self) -> None:
+        if self.xi is not None:
+            _within("xi", self.xi, 0, 1)
+        _within("q_min", self.q_min, 0, 1)
+        _at_least("delta_len", self.delta_len, 0)
+        _at_least("eta", self.eta, 0)
+        if self.l_max is not None:
+            _at_least("l_max", self.l_max, 1)
+        _positive("kappa", self.kappa)
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    adv_estimator: Literal["lipo", "grpo"] = "lipo"
+    """Advantage estimator, by its name in verl's registry."""
+    kl_coef: float = 0.01
+    """Weight of the KL penalty to the frozen reference; 0 disables the reference model."""
+    kl_penalty: Literal["low_var_kl", "kl", "mse"] = "low_var_kl"
+    """KL estimator (verl's names); low_var_kl is k3."""
+    clip_ratio_low: float = 0.2
+    """eps_low: the ratio is clipped below at 1 - eps_low, so in (0, 1)."""
+    clip_ratio_high: float = 0.3
+    """eps_high: the ratio is clipped above at 1 + eps_high."""
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"
+    """How token losses are averaged over the mini-batch (verl's `agg_loss` modes)."""
+    lipo: LipoConfig = field(default_factory=LipoConfig)
+    """LIPO's switches; used when adv_estimator is lipo."""
+
+    def validate(self) -> None:
+        _at_least("kl_coef", self.kl_coef, 0)
+        _within("clip_ratio_low", self.clip_ratio_low, 0, 1, "()")
+        _positive("clip_ratio_high", self.clip_ratio_high)
+        with section("lipo"):
+            self.lipo.validate()
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    num_workers: int = 1
+    """Learner processes (FSDP2 ranks)."""
+    lr: float = 1e-6
+    """AdamW learning rate (constant)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas, each in [0, 1)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (global L2 norm)."""
+    global_batch_size: int = 128
+    """Prompts per optimizer step; each brings rollout.n samples."""
+    micro_batch_size: int = 4
+    """Samples per rank per forward/backward pass (gradient accumulation unit)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+
+    def validate(self) -> None:
+        _positive("num_workers", self.num_workers)
+        _positive("lr", self.lr)
+        _at_least("weight_decay", self.weight_decay, 0)
+        for beta in self.betas:
+            _within("betas", beta, 0, 1, "[)")
+        _positive("max_grad_norm", self.max_grad_norm)
+        _positive("global_batch_size", self.global_batch_size)
+        _positive("micro_batch_size", self.micro_batch_size)
+        _positive("ppo_epochs", self.ppo_epochs)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    rollout_batch_size: int = 512
+    """Prompts per iteration; a multiple of learner.global_batch_size."""
+    total_steps: int = 120
+    """Training iterations."""
+    save_freq: int = 20
+    """Save a checkpoint every this many iterations; 0 saves only at the end."""
+    save_limit: int = 3
+    """Checkpoints kept (the newest)."""
+    output_dir: str = "outputs"
+    """Root directory of checkpoints and logs."""
+    project_name: str = "tiny-r1v"
+    """Project name for loggers and the output path."""
+    experiment_name: str = "lipo"
+    """Run name for loggers and the output path."""
+    loggers: tuple[Literal["console", "jsonl", "tensorboard"], ...] = ("console", "jsonl")
+    """Metric sinks."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where actors run; auto = cuda when available."""
+    seed: int = 1
+    """Seed of the driver and learners (torch, numpy, random)."""
+
+    def validate(self) -> None:
+        _positive("rollout_batch_size", self.rollout_batch_size)
+        _positive("total_steps", self.total_steps)
+        _at_least("save_freq", self.save_freq, 0)
+        _positive("save_limit", self.save_limit)
+        _not_empty("output_dir", self.output_dir)
+        _not_empty("project_name", self.project_name)
+        _not_empty("experiment_name", self.experiment_name)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig
+    """Training data and prompt construction."""
+    model: ModelConfig
+    """The policy model."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling (vLLM rollout workers)."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward scoring."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """Advantage estimator and policy loss."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """Optimisation (FSDP2 learners)."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """The training loop: batch, steps, checkpoints, logging."""
+
+    def validate(self) -> TrainConfig:
+        """Checks every rule; returns the config with LIPO's `xi` and `l_max` resolved."""
+        cfg = self._resolved()
+        for name in ("data", "model", "rollout", "reward", "algorithm", "learner", "trainer"):
+            with section(name):
+                getattr(cfg, name).validate()
+        cfg._validate_cross_section()
+        return cfg
+
+    def _resolved(self) -> TrainConfig:
+        lipo = self.algorithm.lipo
+        # OCR rewards are continuous, so "similar quality" needs a tolerance; binary ones do not.
+        xi = (0.05 if self.data.task == "ocr" else 0.0) if lipo.xi is None else lipo.xi
+        l_max = self.rollout.max_response_length if lipo.l_max is None else lipo.l_max
+        lipo = replace(lipo, xi=xi, l_max=l_max)
+        return replace(self, algorithm=replace(self.algorithm, lipo=lipo))
+
+    def _validate_cross_section(self) -> None:
+        learner = self.learner
+        require(
+            self.trainer.rollout_batch_size % learner.global_batch_size == 0,
+            "trainer.rollout_batch_size",
+            f"must be a multiple of learner.global_batch_size ({learner.global_batch_size}), "
+            f"got {self.trainer.rollout_batch_size}",
+        )
+        samples = learner.global_batch_size * self.rollout.n
+        per_pass = learner.num_workers * learner.micro_batch_size
+        require(
+            samples % per_pass == 0,
+            "learner.global_batch_size",
+            f"samples per step (global_batch_size * rollout.n = {samples}) must be a multiple of "
+            f"num_workers * micro_batch_size ({per_pass})",
+        )
+        require(
+            not (self.model.attn_implementation == "flash_attention_2" and self.trainer.device == "cpu"),
+            "model.attn_implementation",
+            "flash_attention_2 needs CUDA, but trainer.device is 'cpu'",
+        )
