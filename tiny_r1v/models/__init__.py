@@ -1,0 +1,1 @@
+"""Model factories: tiny random-weight checkpoints for tests and the quickstart."""
