@@ -1,0 +1,268 @@
+"""One FSDP2 learner rank: old/reference log-probs, clipped policy loss, optimizer step, weights out.
+
+A plain class: the Ray actor in the trainer wraps it, and tests drive it in spawned processes.
+Every public method except the constructor is collective — call it on all ranks together.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty
+from verl.utils.torch_functional import masked_mean
+from verl.workers.config import FSDPActorConfig
+
+from tiny_r1v.config.train import TrainConfig
+from tiny_r1v.learner.inputs import EncodedPrompt, PolicyInputs, collate, encode_prompt
+from tiny_r1v.learner.policy import PolicyModel
+from tiny_r1v.protocol import TrainSample
+
+# Checkpoint keys of the wrapped model start with the wrapper's attribute name.
+_WRAPPER_PREFIX = "model."
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(setting)
+
+
+def _attention(setting: str, device: torch.device) -> str:
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            return "sdpa"
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def shard_for_rank(samples: Sequence[Any], rank: int, world_size: int, mini_batch: int) -> list[Any]:
+    """This rank's share of an iteration's samples, so that mini-batch ``k`` of every rank
+    together holds exactly global mini-batch ``k`` (``mini_batch`` samples).
+
+    Splitting each mini-batch across ranks, rather than the whole list in contiguous blocks,
+    keeps an optimizer step's data independent of the number of ranks.
+    """
+    if len(samples) % mini_batch or mini_batch % world_size:
+        raise ValueError(
+            f"{len(samples)} samples do not split into mini-batches of {mini_batch} over {world_size} ranks"
+        )
+    per_rank = mini_batch // world_size
+    return [
+        samples[first + rank * per_rank + i]
+        for first in range(0, len(samples), mini_batch)
+        for i in range(per_rank)
+    ]
+
+
+class Learner:
+    """One rank of the FSDP2-sharded policy (and frozen reference when ``kl_coef > 0``)."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.device = resolve_device(cfg.trainer.device)
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master_addr, str(master_port)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(0)  # Ray exposes exactly the actor's GPU as device 0
+        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+        torch.manual_seed(cfg.trainer.seed + rank)
+
+        self.processor = AutoProcessor.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        half = cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and self.device.type == "cuda")
+        # Master weights and optimizer state stay float32; bf16 is only the compute dtype.
+        self.mixed_precision = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if half else torch.float32, reduce_dtype=torch.float32
+        )
+        self.policy = self._load_policy(trainable=True)
+        self.reference = self._load_policy(trainable=False) if cfg.algorithm.kl_coef > 0 else None
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        lcfg = cfg.learner
+        self.optimizer = torch.optim.AdamW(self.params, lr=lcfg.lr, betas=lcfg.betas, weight_decay=lcfg.weight_decay)
+        hf_config = self.policy.model.config
+        self.image_token_id = hf_config.image_token_id
+        self.merge_size = hf_config.vision_config.spatial_merge_size
+        self.pad_token_id = self.processor.tokenizer.pad_token_id
+        algo = cfg.algorithm
+        # verl's policy loss reads its clip settings and global batch sizes from an actor config.
+        self.loss_config = FSDPActorConfig(
+            strategy="fsdp",
+            clip_ratio_low=algo.clip_ratio_low,
+            clip_ratio_high=algo.clip_ratio_high,
+            loss_agg_mode=algo.loss_agg_mode,
+            ppo_mini_batch_size=lcfg.global_batch_size,
+            ppo_micro_batch_size_per_gpu=lcfg.micro_batch_size,
+            rollout_n=cfg.rollout.n,
+        )
+        self.policy_loss = get_policy_loss_fn("vanilla")
+
+    def _load_policy(self, trainable: bool) -> PolicyModel:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            self.cfg.model.path,
+            dtype=torch.float32,
+            attn_implementation=_attention(self.cfg.model.attn_implementation, self.device),
+            trust_remote_code=self.cfg.model.trust_remote_code,
+        )
+        if not trainable:
+            model.requires_grad_(False).eval()
+        elif self.cfg.model.freeze_vision_tower:
+            model.model.visual.requires_grad_(False)
+        if trainable and self.cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy = PolicyModel(model)
+        # One FSDP unit per transformer block (its parameters are gathered just for its own
+        # forward/backward); the root unit holds embeddings, head and the vision merger.
+        for block in (*model.model.language_model.layers, *model.model.visual.blocks):
+            fully_shard(block, mp_policy=self.mixed_precision)
+        fully_shard(policy, mp_policy=self.mixed_precision)
+        return policy.to(self.device)
+
+    # ---------------------------------------------------------------- training
+
+    def _encode(self, samples: Sequence[TrainSample]) -> list[tuple[EncodedPrompt, TrainSample]]:
+        # The G responses of a group share a prompt: run the processor once per prompt.
+        cache: dict[str, EncodedPrompt] = {}
+        pairs = []
+        for sample in samples:
+            uid = sample.prompt.uid
+            if uid not in cache:
+                cache[uid] = encode_prompt(self.processor, sample.prompt, self.image_token_id, self.merge_size)
+            pairs.append((cache[uid], sample))
+        return pairs
+
+    def _micro_batches(self, pairs: Sequence[tuple[EncodedPrompt, TrainSample]]) -> list[PolicyInputs]:
+        return [collate(chunk, self.pad_token_id) for chunk in _chunks(pairs, self.cfg.learner.micro_batch_size)]
+
+    @torch.no_grad()
+    def _logprobs(self, module: PolicyModel, micro_batches: Sequence[PolicyInputs]) -> list[torch.Tensor]:
+        temperature = self.cfg.rollout.temperature
+        return [module(mb.to(self.device), temperature)[0] for mb in micro_batches]
+
+    def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
+        """Recompute old (and reference) log-probs, then run the PPO updates on this rank's shard.
+
+        ``samples`` is this rank's share of the iteration: ``rollout_batch_size * n / world_size``
+        responses. Mini-batches are ``global_batch_size * n / world_size`` of them per rank; the
+        loss of each is normalised over the tokens of the whole mini-batch on all ranks.
+
+        Returns:
+            Metrics averaged over this rank's micro-batches, plus per-phase seconds.
+        """
+        lcfg, algo = self.cfg.learner, self.cfg.algorithm
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        pairs = self._encode(samples)
+        micro_batches = self._micro_batches(pairs)
+        timings["encode"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        self.policy.eval()
+        old = self._logprobs(self.policy, micro_batches)
+        timings["old_logprob"] = time.perf_counter() - start
+        ref = None
+        if self.reference is not None:
+            start = time.perf_counter()
+            ref = self._logprobs(self.reference, micro_batches)
+            timings["ref_logprob"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        self.policy.train()
+        per_rank = lcfg.global_batch_size * self.cfg.rollout.n // self.world_size
+        micro_per_mini = per_rank // lcfg.micro_batch_size
+        sums: dict[str, float] = defaultdict(float)
+        steps = 0
+        for _ in range(lcfg.ppo_epochs):
+            for first in range(0, len(micro_batches), micro_per_mini):
+                indices = range(first, min(first + micro_per_mini, len(micro_batches)))
+                self._set_global_batch([micro_batches[i] for i in indices])
+                for i in indices:
+                    for key, value in self._micro_step(micro_batches[i], old[i], None if ref is None else ref[i]).items():
+                        sums[key] += value / len(indices)
+                grad_norm = self._optimizer_step()
+                sums["grad_norm"] += grad_norm
+                steps += 1
+        timings["update"] = time.perf_counter() - start
+        metrics = {key: value / steps for key, value in sums.items()}
+        metrics["optimizer_steps"] = float(steps)
+        metrics.update({f"time/{key}": value for key, value in timings.items()})
+        return metrics
+
+    def _set_global_batch(self, micro_batches: Sequence[PolicyInputs]) -> None:
+        """Token and sequence counts of the mini-batch on all ranks, for verl's ``agg_loss``."""
+        counts = torch.tensor(
+            [sum(float(mb.response_mask.sum()) for mb in micro_batches), sum(len(mb.advantages) for mb in micro_batches)],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        dist.all_reduce(counts)
+        self.loss_config.global_batch_info.update(
+            dp_size=self.world_size, batch_num_tokens=counts[0].item(), global_batch_size=counts[1].item()
+        )
+
+    def _micro_step(self, mb: PolicyInputs, old: torch.Tensor, ref: torch.Tensor | None) -> dict[str, float]:
+        mb = mb.to(self.device)
+        logprobs, entropy = self.policy(mb, self.cfg.rollout.temperature)
+        mask = mb.response_mask
+        advantages = mb.advantages.unsqueeze(-1) * mask
+        loss, pg_metrics = self.policy_loss(
+            old_log_prob=old,
+            log_prob=logprobs,
+            advantages=advantages,
+            response_mask=mask,
+            loss_agg_mode=self.cfg.algorithm.loss_agg_mode,
+            config=self.loss_config,
+        )
+        metrics = {
+            "pg_loss": loss.item(),
+            "pg_clipfrac": pg_metrics["actor/pg_clipfrac"],
+            "ppo_kl": pg_metrics["actor/ppo_kl"],
+            "entropy": masked_mean(entropy.detach(), mask).item(),
+        }
+        if ref is not None:
+            kl = kl_penalty(logprobs, ref, self.cfg.algorithm.kl_penalty)
+            kl_loss = agg_loss(kl, mask, self.cfg.algorithm.loss_agg_mode, **self.loss_config.global_batch_info)
+            loss = loss + self.cfg.algorithm.kl_coef * kl_loss
+            metrics["kl"] = masked_mean(kl.detach(), mask).item()
+        loss.backward()
+        return metrics
+
+    def _optimizer_step(self) -> float:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.learner.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
+        # A non-finite norm means a broken batch: skip it rather than poison the weights.
+        if torch.isfinite(torch.tensor(grad_norm)):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    # ---------------------------------------------------------------- weights out
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full (unsharded) policy weights on CPU under Hugging Face names, on rank 0; ``{}`` elsewhere."""
+        state = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {name.removeprefix(_WRAPPER_PREFIX): tensor for name, tensor in state.items()}
+
+    def close(self) -> None:
+        """Leave the process group."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
