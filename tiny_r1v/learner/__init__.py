@@ -1,0 +1,1 @@
+"""FSDP2 learner ranks: model inputs, the policy module, and the training step."""
