@@ -107,7 +107,12 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     """GPUs per vLLM engine."""
     gpu_memory_utilization: float = 0.6
-    """Share of GPU memory vLLM may take, in (0, 1]; on CPU the share of host RAM for KV cache."""
+    """Share of GPU memory vLLM may take, in (0, 1]; ignored when `kv_cache_memory_mb` is set."""
+    kv_cache_memory_mb: int | None = None
+    """Fixed KV-cache size in MiB instead of `gpu_memory_utilization`. Set it on CPU, where the
+    utilisation is a share of host RAM net of the process's own size and fails unpredictably."""
+    max_images_per_prompt: int = 1
+    """Most images one prompt may carry (vLLM reserves encoder space for this many)."""
     enforce_eager: bool = False
     """Disable CUDA graphs in vLLM: slower decoding, faster start-up and less memory."""
     seed: int = 1
@@ -121,6 +126,9 @@ class RolloutConfig:
         _positive("num_workers", self.num_workers)
         _positive("tensor_parallel_size", self.tensor_parallel_size)
         _within("gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, "(]")
+        if self.kv_cache_memory_mb is not None:
+            _positive("kv_cache_memory_mb", self.kv_cache_memory_mb)
+        _at_least("max_images_per_prompt", self.max_images_per_prompt, 0)
 
 
 @dataclass(frozen=True)

@@ -22,19 +22,13 @@ from verl.utils.torch_functional import masked_mean
 from verl.workers.config import FSDPActorConfig
 
 from tiny_r1v.config.train import TrainConfig
+from tiny_r1v.device import compute_dtype, resolve_device
 from tiny_r1v.learner.inputs import EncodedPrompt, PolicyInputs, collate, encode_prompt
 from tiny_r1v.learner.policy import PolicyModel
 from tiny_r1v.protocol import TrainSample
 
 # Checkpoint keys of the wrapped model start with the wrapper's attribute name.
 _WRAPPER_PREFIX = "model."
-
-
-def resolve_device(setting: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
-    if setting == "auto":
-        setting = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(setting)
 
 
 def _attention(setting: str, device: torch.device) -> str:
@@ -87,10 +81,9 @@ class Learner:
         torch.manual_seed(cfg.trainer.seed + rank)
 
         self.processor = AutoProcessor.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-        half = cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and self.device.type == "cuda")
         # Master weights and optimizer state stay float32; bf16 is only the compute dtype.
         self.mixed_precision = MixedPrecisionPolicy(
-            param_dtype=torch.bfloat16 if half else torch.float32, reduce_dtype=torch.float32
+            param_dtype=compute_dtype(cfg.model.dtype, self.device), reduce_dtype=torch.float32
         )
         self.policy = self._load_policy(trainable=True)
         self.reference = self._load_policy(trainable=False) if cfg.algorithm.kl_coef > 0 else None

@@ -1,0 +1,93 @@
+"""Rollout engine on vLLM's CPU backend: groups, log-probs, weight reload, agreement with the learner."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+from tiny_r1v.learner.inputs import collate, encode_prompt
+from tiny_r1v.learner.policy import PolicyModel
+from tiny_r1v.protocol import Prompt, TrainSample
+from tiny_r1v.rollout.engine import RolloutEngine
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_model_dir) -> list[Prompt]:
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+
+    def render(content):
+        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    return [
+        Prompt("red", render([{"type": "image"}, {"type": "text", "text": "What colour?"}]),
+               (Image.new("RGB", (84, 56), (200, 20, 20)),)),
+        Prompt("blue", render([{"type": "image"}, {"type": "text", "text": "What colour?"}]),
+               (Image.new("RGB", (56, 56), (20, 20, 200)),)),
+        Prompt("text", render([{"type": "text", "text": "What is 2 + 3?"}])),
+    ]
+
+
+@pytest.fixture(scope="module")
+def engine(vllm_engine, tiny_config) -> RolloutEngine:
+    return RolloutEngine(vllm_engine, tiny_config)
+
+
+def test_groups_logprobs_and_lengths(engine, prompts, tiny_config):
+    completions = engine.generate(prompts, seed=0)
+    n = tiny_config.rollout.n
+    assert [c.uid for c in completions] == [p.uid for p in prompts for _ in range(n)]
+    for c in completions:
+        assert 1 <= len(c.token_ids) <= tiny_config.rollout.max_response_length
+        assert len(c.logprobs) == len(c.token_ids)
+        assert all(lp <= 0 for lp in c.logprobs)
+        assert c.finish_reason in ("stop", "length")
+        assert (c.finish_reason == "length") == (len(c.token_ids) == tiny_config.rollout.max_response_length)
+        assert c.weight_version == 0
+    # Same seed, same samples; another seed, other samples.
+    assert [c.token_ids for c in engine.generate(prompts, seed=0)] == [c.token_ids for c in completions]
+    assert [c.token_ids for c in engine.generate(prompts, seed=1)] != [c.token_ids for c in completions]
+
+
+def test_weight_reload_takes_effect_and_advances_version(engine, prompts, tiny_model_dir):
+    original = load_file(tiny_model_dir / "model.safetensors")
+    before = engine.generate(prompts, seed=0)
+    blank_head = {k: torch.zeros_like(v) if k == "lm_head.weight" else v for k, v in original.items()}
+    try:
+        engine.load_weights(blank_head, version=1)
+        after = engine.generate(prompts, seed=0)
+        vocab = original["lm_head.weight"].shape[0]
+        # Zero head: every token equally likely, and the image path still works.
+        for c in after:
+            assert c.weight_version == 1
+            assert c.logprobs == pytest.approx([-math.log(vocab)] * len(c.logprobs), abs=1e-4)
+    finally:
+        engine.load_weights(original, version=2)
+    assert [c.token_ids for c in engine.generate(prompts, seed=0)] == [c.token_ids for c in before]
+
+
+def test_learner_recomputes_rollout_logprobs(engine, prompts, tiny_model_dir, tiny_config):
+    """The learner's inputs (processor, image tokens, 3-D rotary positions) reproduce vLLM's
+    view of every sequence: same float32 weights, same log-probs."""
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    policy = PolicyModel(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir).eval())
+    config = policy.model.config
+    completions = engine.generate(prompts, seed=0)
+    by_uid = {p.uid: p for p in prompts}
+    pairs = []
+    for c in completions:
+        prompt = by_uid[c.uid]
+        encoded = encode_prompt(processor, prompt, config.image_token_id, config.vision_config.spatial_merge_size)
+        assert len(encoded.input_ids) == c.prompt_tokens  # vLLM expanded the image the same way
+        pairs.append((encoded, TrainSample(prompt=prompt, response_ids=c.token_ids, advantage=0.0)))
+    batch = collate(pairs, pad_token_id=processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logprobs, _ = policy(batch, tiny_config.rollout.temperature)
+    for row, c in enumerate(completions):
+        torch.testing.assert_close(logprobs[row, : len(c.logprobs)], torch.tensor(c.logprobs), atol=2e-3, rtol=0)

@@ -1,0 +1,113 @@
+"""Command line: convert a source into our dataset format (see `tiny_r1v.data`).
+
+    python -m tiny_r1v.data.convert KIND --out DIR [--split train|test] [--limit N] [--seed S]
+
+writes ``DIR/<split>.jsonl`` and ``DIR/images/*.png``. Kinds:
+
+- Hugging Face Parquet exports (``--input FILE ...``, one split of the export):
+  ``geometry3k`` (math), ``chartqa`` (chart), ``ocrvqa`` (ocr); see `tiny_r1v.data.hf_parquet`.
+- Offline data from registry packages: ``easy-vqa`` (vqa), ``digits`` (ocr), ``digit-sum``
+  (math), ``reasoning-gym`` (math, ``--dataset NAME``); see `tiny_r1v.data.offline`.
+
+``--limit N`` keeps N rows (drawn with ``--seed`` where the source has a fixed size); the output
+is a deterministic function of the arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tiny_r1v.data import offline
+from tiny_r1v.data.hf_parquet import LAYOUTS, ConvertError, ParquetLayout, convert_parquet
+from tiny_r1v.data.writer import DatasetWriter
+
+Run = Callable[[DatasetWriter, argparse.Namespace], None]
+
+
+@dataclass(frozen=True)
+class OfflineKind:
+    """An offline source: `convert(writer, *, split, limit, seed, **options)`."""
+
+    help: str
+    convert: Callable[..., None]
+    options: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """The kind's own command-line options: name -> (default, help)."""
+
+
+OFFLINE_KINDS: dict[str, OfflineKind] = {
+    "easy-vqa": OfflineKind("easy-VQA shapes and colours (vqa)", offline.easy_vqa),
+    "digits": OfflineKind("scikit-learn's handwritten digits: read one (ocr)", offline.digits),
+    "digit-sum": OfflineKind(
+        "scikit-learn's handwritten digits: add two (math)", offline.digit_sum
+    ),
+    "reasoning-gym": OfflineKind(
+        "a reasoning-gym generator rendered as images (math)",
+        offline.reasoning_gym,
+        options={"dataset": ("basic_arithmetic", "generator name")},
+    ),
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; each kind is a sub-command whose `run` default performs the conversion."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="output directory")
+    common.add_argument("--split", choices=("train", "test"), default="train")
+    common.add_argument("--limit", type=_positive_int, help="number of rows (default: all)")
+    common.add_argument("--seed", type=int, default=0, help="seed of row choice and generation")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tiny_r1v.data.convert", description=__doc__.split("\n\n")[0]
+    )
+    kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    for kind, layout in LAYOUTS.items():
+        sub = kinds.add_parser(kind, parents=[common], help=layout.description)
+        sub.add_argument("--input", nargs="+", required=True, help="Parquet files of one split")
+        sub.set_defaults(run=_parquet_run(layout))
+
+    for kind, source in OFFLINE_KINDS.items():
+        sub = kinds.add_parser(kind, parents=[common], help=source.help)
+        sub.set_defaults(run=_offline_run(source))
+        for name, (default, help_text) in source.options.items():
+            sub.add_argument(f"--{name}", default=default, help=help_text)
+    return parser
+
+
+def _parquet_run(layout: ParquetLayout) -> Run:
+    def run(writer: DatasetWriter, args: argparse.Namespace) -> None:
+        convert_parquet(writer, layout, args.input, limit=args.limit, seed=args.seed)
+
+    return run
+
+
+def _offline_run(source: OfflineKind) -> Run:
+    def run(writer: DatasetWriter, args: argparse.Namespace) -> None:
+        options = {name: getattr(args, name) for name in source.options}
+        source.convert(writer, split=args.split, limit=args.limit, seed=args.seed, **options)
+
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with DatasetWriter(args.out, split=args.split, prefix=args.kind) as writer:
+        try:
+            args.run(writer, args)
+        except ConvertError as error:
+            parser.exit(2, f"error: {error}\n")
+    print(f"wrote {writer.rows} rows to {writer.path}")
+
+
+if __name__ == "__main__":
+    main()

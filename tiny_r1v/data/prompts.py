@@ -1,0 +1,57 @@
+"""Prompts: an example as Qwen2.5-VL chat messages, with a per-task instruction (SPEC §1 format).
+
+The instruction asks for reasoning inside ``<think> </think>`` and the final answer in
+``\\boxed{}`` or, under the ``answer_tags`` switch, inside ``<answer> </answer>``; the format
+reward (`tiny_r1v.rewards.extract.format_score`) checks exactly that shape. The chat template is
+applied later, by the processor:
+``processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tiny_r1v.data.dataset import Example
+from tiny_r1v.rewards.extract import PromptFormat, check_prompt_format
+
+TEMPLATES: dict[str, str] = {
+    "math": (
+        "{question}\n\nFirst reason step by step inside <think> </think> tags. Then give the "
+        "final answer, a number or an expression, {final_answer}."
+    ),
+    "chart": (
+        "{question}\n\nFirst read the values you need from the chart or table and reason inside "
+        "<think> </think> tags. Then give the final answer, a word or a number, {final_answer}."
+    ),
+    "ocr": (
+        "{question}\n\nFirst reason inside <think> </think> tags. Then give the final answer, "
+        "the text exactly as written in the image, {final_answer}."
+    ),
+    "vqa": (
+        "{question}\n\nFirst reason inside <think> </think> tags. Then give the final answer, "
+        "a single word, {final_answer}."
+    ),
+}
+"""Task -> instruction; `{question}` is the row's question, `{final_answer}` says where the
+answer goes (`FINAL_ANSWER`)."""
+
+FINAL_ANSWER: dict[str, str] = {
+    "boxed": "inside \\boxed{}",
+    "answer_tags": "inside <answer> </answer> tags",
+}
+"""Prompt format -> where the template asks for the final answer."""
+
+
+def build_messages(example: Example, prompt_format: PromptFormat) -> list[dict[str, Any]]:
+    """One user turn: an image placeholder per image (images first, in order), then the text.
+
+    The placeholders carry no pixels: the caller passes `example.load_images()` to the processor
+    or the rollout engine alongside the rendered prompt.
+    """
+    check_prompt_format(prompt_format)
+    text = TEMPLATES[example.task].format(
+        question=example.question, final_answer=FINAL_ANSWER[prompt_format]
+    )
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in example.images]
+    content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]

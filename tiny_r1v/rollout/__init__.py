@@ -1,0 +1,1 @@
+"""Rollout: vLLM engines that sample responses and take weight updates."""
