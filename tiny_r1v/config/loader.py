@@ -171,7 +171,7 @@ def _coerce(value: Any, tp: Any, key: str, errors: list[tuple[str, str]]) -> Any
             item_types = [args[0]] * len(value) if variadic else args
             return origin(
                 _coerce(item, item_tp, f"{key}[{i}]", errors)
-                for i, (item, item_tp) in enumerate(zip(value, item_types))
+                for i, (item, item_tp) in enumerate(zip(value, item_types, strict=True))
             )
     elif tp in _SCALARS:
         if type(value) in _SCALARS[tp]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tiny_r1v.config.loader import require, section
+from tiny_r1v.tasks import Task
 
 # Qwen2.5-VL: 14-pixel patches merged 2x2, so one image token per 28x28 pixels.
 PIXELS_PER_IMAGE_TOKEN = 28 * 28
@@ -40,7 +41,7 @@ class DataConfig:
     """Training data files (JSONL or Parquet)."""
     val_files: tuple[str, ...] = ()
     """Validation data files; empty skips validation."""
-    task: Literal["math", "chart", "ocr", "vqa"] = "math"
+    task: Task = "math"
     """Task family: selects the accuracy reward (SPEC §1) and the LIPO `xi` default."""
     prompt_format: Literal["boxed", "answer_tags"] = "boxed"
     """Where the final answer goes: `\\boxed{...}` or `<answer>...</answer>` (SPEC §1 switch)."""

@@ -39,14 +39,13 @@ The converters (``python -m tiny_r1v.data.convert --help``) write this format as
 from tiny_r1v.data.dataset import (
     IMAGE_FACTOR,
     SUFFIXES,
-    TASKS,
     DatasetError,
     Example,
     ImageRef,
-    Task,
     load_examples,
 )
 from tiny_r1v.data.prompts import TEMPLATES, build_messages
+from tiny_r1v.tasks import TASKS, Task
 
 __all__ = [
     "IMAGE_FACTOR",

@@ -16,12 +16,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, get_args
+from typing import Any
 
 from PIL import Image
 
-Task = Literal["math", "chart", "ocr", "vqa"]
-TASKS: tuple[str, ...] = get_args(Task)
+from tiny_r1v.tasks import TASKS
 
 IMAGE_FACTOR = 28
 """Qwen2.5-VL: 14-pixel patches merged 2x2, so resized image sides are multiples of 28."""

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tiny_r1v.data.dataset import Task
 from tiny_r1v.data.writer import DatasetWriter, sample_indices
+from tiny_r1v.tasks import Task
 
 
 class ConvertError(ValueError):

@@ -16,7 +16,7 @@ from types import TracebackType
 
 from PIL import Image
 
-from tiny_r1v.data.dataset import Task
+from tiny_r1v.tasks import Task
 
 # Modes PNG stores as they are; others (CMYK, YCbCr JPEGs) become RGB.
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
