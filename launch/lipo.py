@@ -1,19 +1,22 @@
 """Train one LIPO expert: `python launch/lipo.py [--config FILE] [--resume] [key.sub=value ...]`.
 
-With no arguments it runs the CPU quickstart (configs/quickstart.yaml). The configuration is
-validated before anything starts; a bad key or value stops here with a message naming it.
+Runs on the Ray cluster in RAY_ADDRESS (as under `ray job submit`), else on a new local Ray
+instance. With no --config it runs the CPU quickstart (configs/quickstart.yaml). The config and
+every dataset row are validated before any actor starts: a bad key, value or row stops here
+with a message naming it.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
-import yaml
-
-from tiny_r1v.config import ConfigError, load_config, to_dict
+from tiny_r1v.config import ConfigError, load_config
 from tiny_r1v.config.train import TrainConfig
+from tiny_r1v.data import DatasetError, load_examples
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -28,16 +31,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
-    except ConfigError as err:
-        print(f"config error in {args.config}:\n{err}", file=sys.stderr)
+        if not Path(cfg.model.path).is_dir():
+            raise ConfigError(("model.path", f"no model directory at {cfg.model.path}"))
+        data = cfg.data
+        examples = load_examples(
+            data.train_files, min_pixels=data.min_pixels, max_pixels=data.max_pixels, task=data.task
+        )
+    except (ConfigError, DatasetError) as err:
+        print(f"{args.config}: {err}", file=sys.stderr)
         return 2
-    print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    print(
-        "Configuration valid. The LIPO actor graph (rollout workers, reward scorer, FSDP2 learners,"
-        " driver) is not built yet: nothing was trained."
-    )
+
+    import ray
+
+    from tiny_r1v.trainer.driver import Trainer, run_dir
+
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    trainer = Trainer(cfg, examples, resume=args.resume)
+    try:
+        trainer.run()
+    finally:
+        trainer.shutdown()
+    print(f"done: {trainer.step} steps; metrics and checkpoints in {run_dir(cfg)}")
     return 0
 
 

@@ -51,3 +51,13 @@ def vllm_engine(tiny_config) -> Iterator[LLM]:
     yield engine
     # Tears down the engine core and vLLM's process group, so the interpreter exits cleanly.
     engine.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A local Ray instance shared by the tests that start actors (start-up takes seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

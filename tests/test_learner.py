@@ -128,7 +128,10 @@ def _train(model_dir: Path, world_size: int) -> dict:
     port = _free_port()
     with ctx.Manager() as manager:
         out = manager.dict()
-        procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, str(model_dir), out)) for r in range(world_size)]
+        procs = [
+            ctx.Process(target=_rank_main, args=(rank, world_size, port, str(model_dir), out))
+            for rank in range(world_size)
+        ]
         for proc in procs:
             proc.start()
         for proc in procs:

@@ -154,7 +154,7 @@ def reference(rewards, lengths, index, *, xi=0.0, q_min=0.5, delta_len=1, eta=0.
         members = [i for i, label in enumerate(index) if label == g]
         ranked = sorted(members, key=lambda i: (lengths[i], rewards[i]))
         adjusted = {i: rewards[i] for i in members}
-        for a, b in zip(ranked, ranked[1:]):
+        for a, b in zip(ranked, ranked[1:], strict=False):
             phi = 0.5 * (1 + math.cos(math.pi * min(lengths[a], l_max) / l_max))
             gap = rewards[b] - rewards[a]
             if abs(gap) <= xi and rewards[a] >= q_min and lengths[b] - lengths[a] >= delta_len:
@@ -244,7 +244,8 @@ def test_registry_reads_our_validated_config():
     from tiny_r1v.config import load_config
     from tiny_r1v.config.train import TrainConfig
 
-    cfg = load_config(TrainConfig, "configs/quickstart.yaml", ["algorithm.lipo.eta=0.5", "rollout.max_response_length=4"])
+    overrides = ["algorithm.lipo.eta=0.5", "rollout.max_response_length=4"]
+    cfg = load_config(TrainConfig, "configs/quickstart.yaml", overrides)
     mask = torch.ones(2, 4)
     mask[0, 2:] = 0
     rewards = torch.zeros(2, 4)

@@ -10,12 +10,20 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty
 from verl.utils.torch_functional import masked_mean
@@ -48,6 +56,13 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def _local(value: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a (possibly sharded) tensor, on CPU, contiguous for safetensors."""
+    if isinstance(value, DTensor):
+        value = value.to_local()
+    return value.detach().cpu().contiguous()
+
+
 def shard_for_rank(samples: Sequence[Any], rank: int, world_size: int, mini_batch: int) -> list[Any]:
     """This rank's share of an iteration's samples, so that mini-batch ``k`` of every rank
     together holds exactly global mini-batch ``k`` (``mini_batch`` samples).
@@ -70,7 +85,21 @@ def shard_for_rank(samples: Sequence[Any], rank: int, world_size: int, mini_batc
 class Learner:
     """One rank of the FSDP2-sharded policy (and frozen reference when ``kl_coef > 0``)."""
 
-    def __init__(self, cfg: TrainConfig, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        checkpoint: str | None = None,
+    ) -> None:
+        """Join the process group and shard the policy.
+
+        Args:
+            checkpoint: a directory written by :meth:`save` to resume from (policy weights and
+                optimizer state); the reference model always comes from ``cfg.model.path``.
+        """
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.device = resolve_device(cfg.trainer.device)
@@ -85,8 +114,9 @@ class Learner:
         self.mixed_precision = MixedPrecisionPolicy(
             param_dtype=compute_dtype(cfg.model.dtype, self.device), reduce_dtype=torch.float32
         )
-        self.policy = self._load_policy(trainable=True)
-        self.reference = self._load_policy(trainable=False) if cfg.algorithm.kl_coef > 0 else None
+        start = cfg.model.path if checkpoint is None else str(Path(checkpoint) / "model")
+        self.policy = self._load_policy(start, trainable=True)
+        self.reference = self._load_policy(cfg.model.path, trainable=False) if cfg.algorithm.kl_coef > 0 else None
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         lcfg = cfg.learner
         self.optimizer = torch.optim.AdamW(self.params, lr=lcfg.lr, betas=lcfg.betas, weight_decay=lcfg.weight_decay)
@@ -106,10 +136,12 @@ class Learner:
             rollout_n=cfg.rollout.n,
         )
         self.policy_loss = get_policy_loss_fn("vanilla")
+        if checkpoint is not None:
+            self._load_optimizer(Path(checkpoint))
 
-    def _load_policy(self, trainable: bool) -> PolicyModel:
+    def _load_policy(self, path: str, trainable: bool) -> PolicyModel:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            self.cfg.model.path,
+            path,
             dtype=torch.float32,
             attn_implementation=_attention(self.cfg.model.attn_implementation, self.device),
             trust_remote_code=self.cfg.model.trust_remote_code,
@@ -159,7 +191,7 @@ class Learner:
         Returns:
             Metrics averaged over this rank's micro-batches, plus per-phase seconds.
         """
-        lcfg, algo = self.cfg.learner, self.cfg.algorithm
+        lcfg = self.cfg.learner
         timings: dict[str, float] = {}
         start = time.perf_counter()
         pairs = self._encode(samples)
@@ -187,7 +219,8 @@ class Learner:
                 indices = range(first, min(first + micro_per_mini, len(micro_batches)))
                 self._set_global_batch([micro_batches[i] for i in indices])
                 for i in indices:
-                    for key, value in self._micro_step(micro_batches[i], old[i], None if ref is None else ref[i]).items():
+                    step_metrics = self._micro_step(micro_batches[i], old[i], None if ref is None else ref[i])
+                    for key, value in step_metrics.items():
                         sums[key] += value / len(indices)
                 grad_norm = self._optimizer_step()
                 sums["grad_norm"] += grad_norm
@@ -200,8 +233,9 @@ class Learner:
 
     def _set_global_batch(self, micro_batches: Sequence[PolicyInputs]) -> None:
         """Token and sequence counts of the mini-batch on all ranks, for verl's ``agg_loss``."""
+        tokens = sum(float(mb.response_mask.sum()) for mb in micro_batches)
         counts = torch.tensor(
-            [sum(float(mb.response_mask.sum()) for mb in micro_batches), sum(len(mb.advantages) for mb in micro_batches)],
+            [tokens, sum(len(mb.advantages) for mb in micro_batches)],
             dtype=torch.float64,
             device=self.device,
         )
@@ -254,6 +288,38 @@ class Learner:
         """Full (unsharded) policy weights on CPU under Hugging Face names, on rank 0; ``{}`` elsewhere."""
         state = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {name.removeprefix(_WRAPPER_PREFIX): tensor for name, tensor in state.items()}
+
+    def save(self, directory: str) -> None:
+        """Write a checkpoint into ``directory`` (shared by all ranks): ``model/`` is a Hugging
+        Face safetensors checkpoint with the processor files, ``optim/rank-<r>.safetensors``
+        this rank's optimizer shard. Resuming needs the same number of ranks."""
+        directory = Path(directory)
+        weights = self.full_state_dict()
+        if self.rank == 0:
+            self.policy.model.save_pretrained(directory / "model", state_dict=weights)
+            self.processor.save_pretrained(directory / "model")
+        state = get_optimizer_state_dict(self.policy, self.optimizer)
+        tensors = {
+            f"{name}/{key}": _local(value) for name, slots in state["state"].items() for key, value in slots.items()
+        }
+        (directory / "optim").mkdir(parents=True, exist_ok=True)
+        save_file(tensors, directory / "optim" / f"rank-{self.rank}.safetensors")
+        dist.barrier()
+
+    def _load_optimizer(self, directory: Path) -> None:
+        path = directory / "optim" / f"rank-{self.rank}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no optimizer shard for rank {self.rank} (saved with fewer ranks?)")
+        saved = load_file(path)
+        state = get_optimizer_state_dict(self.policy, self.optimizer)
+        for name, slots in state["state"].items():
+            for key, value in slots.items():
+                tensor = saved.get(f"{name}/{key}")
+                target = _local(value)
+                if tensor is None or tensor.shape != target.shape:
+                    raise ValueError(f"{path}: optimizer state {name}/{key} missing or of another shape")
+                target.copy_(tensor)
+        set_optimizer_state_dict(self.policy, self.optimizer, state)
 
     def close(self) -> None:
         """Leave the process group."""

@@ -87,11 +87,12 @@ class RolloutEngine:
         for prompt, output in zip(prompts, outputs, strict=True):
             for sample in output.outputs:
                 token_ids = tuple(sample.token_ids)
+                logprobs = zip(sample.logprobs, token_ids, strict=True)
                 completions.append(
                     Completion(
                         uid=prompt.uid,
                         token_ids=token_ids,
-                        logprobs=tuple(step[token].logprob for step, token in zip(sample.logprobs, token_ids)),
+                        logprobs=tuple(step[token].logprob for step, token in logprobs),
                         finish_reason="length" if sample.finish_reason == "length" else "stop",
                         weight_version=self.weight_version,
                         prompt_tokens=len(output.prompt_token_ids),

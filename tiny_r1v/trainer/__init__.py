@@ -1,0 +1,1 @@
+"""The LIPO training system: Ray actors, the driver loop, metrics and checkpoints."""

@@ -1,0 +1,115 @@
+"""Ray actors: thin wrappers that place the plain classes (engine, scorer, learner) on a cluster."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import ray
+import torch
+from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from tiny_r1v.config.train import TrainConfig
+from tiny_r1v.device import resolve_device
+from tiny_r1v.learner.worker import Learner
+from tiny_r1v.protocol import Completion, Prompt
+from tiny_r1v.trainer.scoring import GroupScorer
+
+# A crashed rollout worker is rebuilt by Ray this many times per run; the driver then hands it
+# the current weights. Learners are never restarted alone: their process group would be broken.
+ROLLOUT_RESTARTS = 3
+
+
+def _use_all_cores(device: torch.device) -> None:
+    # Ray pins fractional-CPU actors to one thread; on a CPU run the phases take turns, so each
+    # may use every core.
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+
+
+class RolloutWorker:
+    """One vLLM engine (see :class:`~tiny_r1v.rollout.engine.RolloutEngine`)."""
+
+    def __init__(self, cfg: TrainConfig, model_path: str, weight_version: int) -> None:
+        from tiny_r1v.rollout.engine import RolloutEngine, build_llm
+
+        _use_all_cores(resolve_device(cfg.trainer.device))
+        engine_cfg = replace(cfg, model=replace(cfg.model, path=model_path))
+        self.engine = RolloutEngine(build_llm(engine_cfg), cfg)
+        self.engine.weight_version = weight_version
+
+    def generate(self, prompts: Sequence[Prompt], seed: int) -> list[Completion]:
+        return self.engine.generate(prompts, seed=seed)
+
+    def load_weights(self, weights: Mapping[str, torch.Tensor], version: int) -> dict[str, float]:
+        """Load new weights; returns the seconds it took and the bytes received."""
+        start = time.perf_counter()
+        self.engine.load_weights(weights, version)
+        size = sum(t.numel() * t.element_size() for t in weights.values())
+        return {"seconds": time.perf_counter() - start, "bytes": float(size)}
+
+    def weight_version(self) -> int:
+        return self.engine.weight_version
+
+
+class LearnerWorker(Learner):
+    """A learner rank as an actor (all methods but the constructor are collective)."""
+
+    def __init__(self, cfg: TrainConfig, *args, **kwargs) -> None:
+        _use_all_cores(resolve_device(cfg.trainer.device))
+        super().__init__(cfg, *args, **kwargs)
+
+
+class RewardScorer(GroupScorer):
+    """The reward/length-scoring actor (its scoring processes are its own children)."""
+
+
+def _free_port() -> tuple[str, int]:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return ray.util.get_node_ip_address(), sock.getsockname()[1]
+
+
+class ActorGraph:
+    """Creates the actors of one run and holds their handles."""
+
+    def __init__(self, cfg: TrainConfig, model_path: str, weight_version: int, checkpoint: str | None) -> None:
+        device = resolve_device(cfg.trainer.device)
+        gpu = device.type == "cuda"
+        learners, rollouts = cfg.learner.num_workers, cfg.rollout.num_workers
+        # On CPU everything shares the node's cores; each actor gets an equal fraction so Ray
+        # can place all of them, and the phases take turns using the cores.
+        cpu_share = 1.0 if gpu else ray.cluster_resources().get("CPU", 1.0) / (learners + rollouts + 1)
+        bundle = {"CPU": cpu_share, **({"GPU": 1.0} if gpu else {})}
+        self.learner_group: PlacementGroup = placement_group([bundle] * learners, strategy="PACK")
+        ray.get(self.learner_group.ready())
+        on_bundle = [PlacementGroupSchedulingStrategy(self.learner_group, i) for i in range(learners)]
+        address, port = ray.get(ray.remote(num_cpus=0)(_free_port).options(scheduling_strategy=on_bundle[0]).remote())
+        learner_cls = ray.remote(LearnerWorker)
+        self.learners = [
+            learner_cls.options(
+                scheduling_strategy=on_bundle[rank], num_cpus=cpu_share, num_gpus=1 if gpu else 0
+            ).remote(
+                cfg, rank, learners, address, port, checkpoint
+            )
+            for rank in range(learners)
+        ]
+        rollout_cls = ray.remote(RolloutWorker).options(
+            num_cpus=cpu_share,
+            num_gpus=float(cfg.rollout.tensor_parallel_size) if gpu else 0,
+            max_restarts=ROLLOUT_RESTARTS,
+        )
+        self.rollouts = [rollout_cls.remote(cfg, model_path, weight_version) for _ in range(rollouts)]
+        self.scorer = ray.remote(RewardScorer).options(num_cpus=cpu_share).remote(cfg)
+
+    def shutdown(self) -> None:
+        """Stop every actor and free the learners' placement group."""
+        ray.get([learner.close.remote() for learner in self.learners])
+        ray.get(self.scorer.close.remote())
+        for actor in (*self.learners, *self.rollouts, self.scorer):
+            ray.kill(actor)
+        ray.util.remove_placement_group(self.learner_group)

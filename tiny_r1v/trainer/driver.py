@@ -1,0 +1,221 @@
+"""The driver: the only place that knows the iteration order.
+
+One step: prompts → rollout workers (G samples each) → reward scorer (rewards, LIPO or GRPO
+advantages) → learner ranks (old/ref log-probs, PPO updates) → weight sync to every rollout
+worker. Every phase is timed; metrics go to the configured sinks; checkpoints are written every
+``trainer.save_freq`` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import ray
+import yaml
+from ray.exceptions import RayActorError
+from transformers import AutoProcessor
+
+from tiny_r1v.config import to_dict
+from tiny_r1v.config.train import TrainConfig
+from tiny_r1v.data import Example, build_messages
+from tiny_r1v.learner.worker import shard_for_rank
+from tiny_r1v.protocol import Completion, Prompt, TrainSample
+from tiny_r1v.trainer import checkpoint
+from tiny_r1v.trainer.actors import ActorGraph
+from tiny_r1v.trainer.metrics import MetricsLogger
+from tiny_r1v.trainer.sampler import step_indices
+from tiny_r1v.trainer.scoring import Reference
+
+logger = logging.getLogger(__name__)
+
+StepHook = Callable[["Trainer", int, dict[str, float]], None]
+
+
+def run_dir(cfg: TrainConfig) -> Path:
+    """Where a run writes its config, metrics and checkpoints."""
+    return Path(cfg.trainer.output_dir) / cfg.trainer.experiment_name
+
+
+def _chunks(items: Sequence, parts: int) -> list[Sequence]:
+    size = -(-len(items) // parts)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class Trainer:
+    """Runs LIPO/GRPO training steps on an actor graph (Ray must be initialised)."""
+
+    def __init__(self, cfg: TrainConfig, examples: Sequence[Example], resume: bool = False) -> None:
+        self.cfg = cfg
+        self.examples = examples
+        self.run_dir = run_dir(cfg)
+        self.processor = AutoProcessor.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        found = checkpoint.latest(self.run_dir) if resume else None
+        if found is None:
+            self.step, self.weight_version, model_path, start = 0, 0, cfg.model.path, None
+        else:
+            start, state = found
+            if state.dataset_size != len(examples) or state.data_seed != cfg.data.seed:
+                raise ValueError(
+                    f"{start}: saved with {state.dataset_size} examples and data seed {state.data_seed}; "
+                    f"this run has {len(examples)} and {cfg.data.seed}, so the data order would differ"
+                )
+            self.step, self.weight_version = state.step, state.weight_version
+            model_path = str(start / "model")
+            logger.info("resuming from %s (step %d)", start, self.step)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        self.graph = ActorGraph(cfg, model_path, self.weight_version, None if start is None else str(start))
+        self.weights_ref: ray.ObjectRef | None = None
+        self.metrics = MetricsLogger(
+            self.run_dir, cfg.trainer.loggers, cfg.trainer.experiment_name, cfg.trainer.total_steps, self.step
+        )
+
+    # ------------------------------------------------------------------ phases
+
+    def _prompts(self, step: int) -> tuple[list[Prompt], dict[str, Reference]]:
+        data = self.cfg.data
+        indices = step_indices(len(self.examples), self.cfg.trainer.rollout_batch_size, step, data.seed, data.shuffle)
+        prompts, references = [], {}
+        for slot, index in enumerate(indices):
+            example = self.examples[index]
+            # Unique within the step even when a batch spans two epochs and repeats an example.
+            uid = f"{step}:{slot}:{example.uid}"
+            text = self.processor.apply_chat_template(
+                build_messages(example, data.prompt_format), add_generation_prompt=True, tokenize=False
+            )
+            prompts.append(Prompt(uid=uid, text=text, images=tuple(example.load_images())))
+            references[uid] = Reference(task=example.task, answer=example.answer)
+        return prompts, references
+
+    def _rollout(self, prompts: list[Prompt], step: int) -> tuple[list[Completion], int]:
+        """Completions of every prompt, each from the current weights; returns the restarts needed."""
+        chunks = _chunks(prompts, len(self.graph.rollouts))
+        # Prompt j of the step samples with seed + step * batch + j, however the batch is split.
+        seeds = [self.cfg.rollout.seed + step * len(prompts) + i * len(chunks[0]) for i in range(len(chunks))]
+        workers = self.graph.rollouts
+        pending = {i: workers[i].generate.remote(chunks[i], seeds[i]) for i in range(len(chunks))}
+        results: dict[int, list[Completion]] = {}
+        restarts = 0
+        while pending:
+            index, ref = pending.popitem()
+            worker = self.graph.rollouts[index]
+            try:
+                completions = ray.get(ref)
+                if all(c.weight_version == self.weight_version for c in completions):
+                    results[index] = completions
+                    continue
+            except RayActorError as err:
+                logger.warning("rollout worker %d died (%s); Ray restarts it", index, err)
+            # Restarted (now or since the last step) with the start weights: bring it up to date.
+            restarts += 1
+            if restarts > 2 * len(chunks):
+                raise RuntimeError("rollout workers keep failing; giving up on this run")
+            if self.weights_ref is not None:
+                ray.get(worker.load_weights.remote(self.weights_ref, self.weight_version))
+            pending[index] = worker.generate.remote(chunks[index], seeds[index])
+        return [c for i in range(len(chunks)) for c in results[i]], restarts
+
+    def _train(self, samples: list[TrainSample]) -> dict[str, float]:
+        mini = self.cfg.learner.global_batch_size * self.cfg.rollout.n
+        ranks = len(self.graph.learners)
+        results = ray.get(
+            [
+                learner.train_step.remote(shard_for_rank(samples, rank, ranks, mini))
+                for rank, learner in enumerate(self.graph.learners)
+            ]
+        )
+        # Loss terms are per-rank averages; the gradient norm is already global.
+        return {key: float(np.mean([r[key] for r in results])) for key in results[0]}
+
+    def _sync(self) -> dict[str, float]:
+        """Full weights from the learners to every rollout worker through the object store."""
+        refs = [learner.full_state_dict.remote() for learner in self.graph.learners]
+        self.weight_version += 1
+        # Rank 0's result holds the weights; the put happens once, every worker reads it.
+        self.weights_ref = refs[0]
+        loads = ray.get([w.load_weights.remote(self.weights_ref, self.weight_version) for w in self.graph.rollouts])
+        ray.get(refs[1:])
+        return {
+            "sync/bytes": loads[0]["bytes"],
+            "sync/load_seconds": max(load["seconds"] for load in loads),
+        }
+
+    # ------------------------------------------------------------------ loop
+
+    def train_step(self) -> dict[str, float]:
+        """One iteration; returns its metrics (also logged)."""
+        step = self.step
+        timings: dict[str, float] = {}
+        begin = time.perf_counter()
+
+        prompts, references = self._prompts(step)
+        start = time.perf_counter()
+        completions, restarts = self._rollout(prompts, step)
+        timings["time/rollout"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        scored = ray.get(self.graph.scorer.score.remote(completions, references))
+        timings["time/reward"] = time.perf_counter() - start
+
+        by_uid = {p.uid: p for p in prompts}
+        samples = [
+            TrainSample(prompt=by_uid[c.uid], response_ids=c.token_ids, advantage=a)
+            for c, a in zip(completions, scored.advantages, strict=True)
+        ]
+        start = time.perf_counter()
+        learner_metrics = self._train(samples)
+        timings["time/learner"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        sync = self._sync()
+        timings["time/sync"] = sync["sync/seconds"] = time.perf_counter() - start
+
+        self.step += 1
+        timings["time/step"] = time.perf_counter() - begin
+        tokens = sum(len(c.token_ids) for c in completions)
+        metrics = {
+            **scored.metrics,
+            **{f"actor/{k}" if not k.startswith("time/") else k: v for k, v in learner_metrics.items()},
+            **sync,
+            **timings,
+            "perf/response_tokens": float(tokens),
+            "perf/tokens_per_s": tokens / timings["time/step"],
+            "perf/rollout_tokens_per_s": tokens / timings["time/rollout"],
+            "rollout/restarts": float(restarts),
+            "rollout/weight_version": float(self.weight_version),
+        }
+        self.metrics.log(self.step, metrics)
+        freq = self.cfg.trainer.save_freq
+        if self.step == self.cfg.trainer.total_steps or (freq and self.step % freq == 0):
+            self.save()
+        return metrics
+
+    def save(self) -> Path:
+        """Write a complete checkpoint of the current step."""
+        staging = checkpoint.staging_dir(self.run_dir, self.step)
+        ray.get([learner.save.remote(str(staging)) for learner in self.graph.learners])
+        state = checkpoint.TrainerState(
+            step=self.step,
+            weight_version=self.weight_version,
+            data_seed=self.cfg.data.seed,
+            dataset_size=len(self.examples),
+        )
+        return checkpoint.publish(staging, state, self.cfg.trainer.save_limit)
+
+    def run(self, on_step_end: StepHook | None = None) -> None:
+        """Train until ``trainer.total_steps``; ``on_step_end(trainer, step, metrics)`` after each step."""
+        try:
+            while self.step < self.cfg.trainer.total_steps:
+                metrics = self.train_step()
+                if on_step_end is not None:
+                    on_step_end(self, self.step, metrics)
+        finally:
+            self.metrics.close()
+
+    def shutdown(self) -> None:
+        """Stop the actors."""
+        self.graph.shutdown()

@@ -1,0 +1,73 @@
+"""Per-step metrics to the console (progress bar), a JSONL file, TensorBoard and Ray's dashboard."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import ray
+from ray.util.metrics import Gauge
+from tqdm import tqdm
+
+# Shown on the progress bar; everything goes to the files and the dashboard.
+_HEADLINE = ("reward/mean", "reward/accuracy", "length/mean", "time/step")
+
+
+def _gauge_name(key: str) -> str:
+    # Prometheus names allow [a-zA-Z0-9_:] only.
+    return "tiny_r1v_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+class MetricsLogger:
+    """Writes every step's metrics to each configured sink.
+
+    On resume the JSONL file is cut back to the checkpoint's step, so a step logged by the
+    interrupted run after its last checkpoint appears once, not twice.
+    """
+
+    def __init__(
+        self, run_dir: Path, loggers: Sequence[str], experiment: str, total_steps: int, start_step: int
+    ) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.experiment = experiment
+        self.jsonl = None
+        if "jsonl" in loggers:
+            path = run_dir / "metrics.jsonl"
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+                path.write_text("".join(line + "\n" for line in kept))
+            self.jsonl = path.open("a")
+        self.tensorboard = None
+        if "tensorboard" in loggers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=experiment, disable="console" not in loggers)
+        self.gauges: dict[str, Gauge] = {}
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Record ``metrics`` of training step ``step`` (1-based)."""
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.jsonl.flush()
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, step)
+            self.tensorboard.flush()
+        if ray.is_initialized():
+            for key, value in {"step": float(step), **metrics}.items():
+                if key not in self.gauges:
+                    self.gauges[key] = Gauge(_gauge_name(key), description=key, tag_keys=("experiment",))
+                self.gauges[key].set(value, tags={"experiment": self.experiment})
+        self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in _HEADLINE if k in metrics})
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Flush and close the sinks."""
+        self.bar.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
