@@ -55,7 +55,7 @@ def make_config(model_dir: Path, data: Path, out: Path, **overrides) -> TrainCon
         "learner.micro_batch_size": 2,
         "learner.lr": 1e-3,
         "trainer.rollout_batch_size": 4,
-        "trainer.total_steps": 2,
+        "trainer.total_steps": 3,
         "trainer.save_freq": 1,
         "trainer.save_limit": 2,
         "trainer.output_dir": str(out),
@@ -69,34 +69,79 @@ def examples_of(cfg: TrainConfig):
     return load_examples(cfg.data.train_files, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
 
 
-def test_two_iterations_end_to_end(ray_local, tiny_model_dir, tmp_path):
-    cfg = make_config(tiny_model_dir, write_dataset(tmp_path / "data"), tmp_path / "out")
+class Interrupted(Exception):
+    """Stands for a crash of the driver between two steps."""
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(ray_local, tiny_model_dir, tmp_path_factory):
+    """Two steps of a three-step run; the rollout worker is killed after step 1 (Ray restarts
+    it) and the driver dies after step 2."""
+    tmp = tmp_path_factory.mktemp("trainer")
+    cfg = make_config(tiny_model_dir, write_dataset(tmp / "data"), tmp / "out")
     trainer = Trainer(cfg, examples_of(cfg))
+
+    def faults(trainer: Trainer, step: int, metrics: dict) -> None:
+        if step == 1:
+            ray.kill(trainer.graph.rollouts[0], no_restart=False)
+        if step == 2:
+            raise Interrupted
+
     try:
-        trainer.run()
+        with pytest.raises(Interrupted):
+            trainer.run(on_step_end=faults)
         versions = ray.get([w.weight_version.remote() for w in trainer.graph.rollouts])
     finally:
         trainer.shutdown()
-    assert trainer.step == 2 and versions == [2]
+    return cfg, trainer, versions
 
-    rows = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+
+def read_metrics(cfg: TrainConfig) -> list[dict]:
+    return [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_iterations_log_every_metric_and_sync_weights(interrupted_run, tiny_model_dir):
+    cfg, trainer, versions = interrupted_run
+    assert trainer.step == 2 and versions == [2]
+    rows = read_metrics(cfg)
     assert [row["step"] for row in rows] == [1, 2]
     for key in METRICS:
         assert all(key in row for row in rows), key
     assert [row["rollout/weight_version"] for row in rows] == [1.0, 2.0]
     assert rows[0]["sync/bytes"] > 0
     assert any((run_dir(cfg) / "tensorboard").iterdir())
-
-    # Kept the last 2 checkpoints; the final one holds changed weights.
-    checkpoints = sorted((run_dir(cfg) / "checkpoints").iterdir())
-    assert [p.name for p in checkpoints] == ["step-000001", "step-000002"]
-    final = checkpoints[-1] / "model"
     before = load_file(tiny_model_dir / "model.safetensors")
-    after = load_file(final / "model.safetensors")
+    after = load_file(run_dir(cfg) / "checkpoints" / "step-000002" / "model" / "model.safetensors")
     assert before.keys() == after.keys()
     assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
 
-    # The checkpoint loads in transformers and generates in vLLM (a rollout worker built on it).
+
+def test_killed_rollout_worker_is_restarted_with_current_weights(interrupted_run):
+    cfg, _, versions = interrupted_run
+    rows = read_metrics(cfg)
+    assert rows[0]["rollout/restarts"] == 0
+    assert rows[1]["rollout/restarts"] >= 1  # step 2 found it restarted on the start weights
+    assert versions == [2]
+
+
+def test_resume_continues_without_repeating_or_losing_steps(interrupted_run):
+    cfg, _, _ = interrupted_run
+    trainer = Trainer(cfg, examples_of(cfg), resume=True)
+    try:
+        assert trainer.step == 2 and trainer.weight_version == 2
+        trainer.run()
+        versions = ray.get([w.weight_version.remote() for w in trainer.graph.rollouts])
+    finally:
+        trainer.shutdown()
+    assert trainer.step == 3 and versions == [3]
+    assert [row["step"] for row in read_metrics(cfg)] == [1, 2, 3]
+    checkpoints = sorted(p.name for p in (run_dir(cfg) / "checkpoints").iterdir())
+    assert checkpoints == ["step-000002", "step-000003"]  # save_limit 2
+
+
+def test_checkpoint_loads_in_transformers_and_vllm(interrupted_run):
+    cfg, _, _ = interrupted_run
+    final = run_dir(cfg) / "checkpoints" / "step-000002" / "model"
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     Qwen2_5_VLForConditionalGeneration.from_pretrained(final)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import yaml
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 from transformers import AutoProcessor
 
 from tiny_r1v.config import to_dict
@@ -31,6 +31,10 @@ from tiny_r1v.trainer.sampler import step_indices
 from tiny_r1v.trainer.scoring import Reference
 
 logger = logging.getLogger(__name__)
+
+# A restarting rollout worker rebuilds its engine (tens of seconds on CPU): retry patiently.
+_RETRY_PAUSE_S = 2.0
+_MAX_ROLLOUT_RETRIES = 60
 
 StepHook = Callable[["Trainer", int, dict[str, float]], None]
 
@@ -108,14 +112,15 @@ class Trainer:
                 if all(c.weight_version == self.weight_version for c in completions):
                     results[index] = completions
                     continue
-            except RayActorError as err:
-                logger.warning("rollout worker %d died (%s); Ray restarts it", index, err)
-            # Restarted (now or since the last step) with the start weights: bring it up to date.
+                # Restarted since the last step, so it holds the start weights: update it.
+                if self.weights_ref is not None:
+                    ray.get(worker.load_weights.remote(self.weights_ref, self.weight_version))
+            except (RayActorError, ActorUnavailableError) as err:
+                logger.warning("rollout worker %d failed (%s); retrying once Ray has restarted it", index, err)
+                time.sleep(_RETRY_PAUSE_S)
             restarts += 1
-            if restarts > 2 * len(chunks):
-                raise RuntimeError("rollout workers keep failing; giving up on this run")
-            if self.weights_ref is not None:
-                ray.get(worker.load_weights.remote(self.weights_ref, self.weight_version))
+            if restarts > _MAX_ROLLOUT_RETRIES:
+                raise RuntimeError(f"rollout workers failed {restarts} times in step {step}; giving up")
             pending[index] = worker.generate.remote(chunks[index], seeds[index])
         return [c for i in range(len(chunks)) for c in results[i]], restarts
 
