@@ -76,7 +76,9 @@ def test_runs_as_a_ray_job_on_a_started_cluster(tiny_model_dir, tmp_path):
     config_path = tmp_path / "job.yaml"
     config_path.write_text(yaml.safe_dump(config))
 
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    # The venv's python runs the job; token auth is off on this throwaway local head.
+    path = f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "PATH": path, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     gcs, dashboard = _free_port(), _free_port()
     head = subprocess.Popen(
