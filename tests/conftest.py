@@ -58,6 +58,7 @@ def ray_local() -> Iterator[None]:
     """A local Ray instance shared by the tests that start actors (start-up takes seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new instance even if a `ray start` cluster runs on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

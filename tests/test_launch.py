@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -64,6 +67,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _wait_for_dashboard(port: int, timeout: float) -> None:
+    """Block until the head's job server answers (it starts after `ray start` returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 @pytest.mark.vllm
 def test_runs_as_a_ray_job_on_a_started_cluster(tiny_model_dir, tmp_path):
     data = write_data(tmp_path / "data", [GOOD_ROW, {**GOOD_ROW, "answer": "blue"}])
@@ -81,27 +97,27 @@ def test_runs_as_a_ray_job_on_a_started_cluster(tiny_model_dir, tmp_path):
     env = {**os.environ, "PATH": path, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     gcs, dashboard = _free_port(), _free_port()
+    # Its own temp dir: `ray start` records its address in <temp>/ray_current_cluster, which a
+    # later plain `ray.init()` on this machine would otherwise try to join after we stop it.
+    # Short (unix socket paths are limited to ~107 bytes), so not under pytest's tmp_path.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        submit = None
-        while time.monotonic() < deadline:
-            submit = subprocess.run(
-                [str(VENV_BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
-                 "--", "python", str(ROOT / "launch" / "lipo.py"), "--config", str(config_path)],
-                env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
-            )
-            if "Failed to connect" not in submit.stderr + submit.stdout:
-                break
-            time.sleep(3)
-        assert submit is not None and submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+        _wait_for_dashboard(dashboard, timeout=180)
+        submit = subprocess.run(
+            [str(VENV_BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
+             "--", "python", str(ROOT / "launch" / "lipo.py"), "--config", str(config_path)],
+            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
+        )
+        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout
         rows = (tmp_path / "out" / "quickstart" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(row)["step"] for row in rows] == [1]
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""Weight sync cost: learner weights into a rollout worker's vLLM engine, per GB, vs a memory copy.
+
+    python bench/bench_sync.py [--hidden 1024] [--layers 8] [--repeats 5]
+
+Builds a random Qwen2.5-VL checkpoint of the given size (the tiny model's tokenizer and vision
+tower, a wider and deeper language model), then measures, each as the median of ``--repeats``:
+
+- plain copy: ``torch`` clone of every tensor of the state dict in this process (the floor);
+- transfer: the state dict through Ray's object store into an actor that only touches it;
+- sync: the driver's path, ``RolloutWorker.load_weights`` (object store + vLLM's in-place reload).
+
+The goal on CPU is sync <= 2x the plain copy per GB. The FSDP gather on the learners is not
+part of this figure; the training metrics report it inside ``time/sync``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+from tiny_r1v.config import load_config
+from tiny_r1v.config.train import TrainConfig
+from tiny_r1v.models.tiny import build_tiny_model
+from tiny_r1v.trainer.actors import RolloutWorker
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+
+
+def build_model(directory: Path, hidden: int, layers: int) -> dict[str, torch.Tensor]:
+    """A random checkpoint in ``directory``; returns its state dict."""
+    build_tiny_model(directory, seed=0)
+    config = AutoConfig.from_pretrained(directory)
+    text = config.text_config
+    text.hidden_size, text.num_hidden_layers, text.intermediate_size = hidden, layers, 4 * hidden
+    text.num_attention_heads, text.num_key_value_heads = hidden // 64, max(1, hidden // 256)
+    config.vision_config.out_hidden_size = hidden
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    for file in directory.glob("model*.safetensors"):
+        file.unlink()
+    model.save_pretrained(directory)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@ray.remote
+def touch(weights: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() for t in weights.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp()) / "model"
+    try:
+        weights = build_model(directory, args.hidden, args.layers)
+        gigabytes = sum(t.numel() * t.element_size() for t in weights.values()) / 1e9
+        cfg = load_config(TrainConfig, QUICKSTART, [f"model.path={directory}"])
+
+        copy = median_seconds(lambda: [t.clone() for t in weights.values()], args.repeats)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        worker = ray.remote(RolloutWorker).remote(cfg, str(directory), 0)
+        ray.get(worker.weight_version.remote())
+        version = iter(range(1, 10_000))
+        transfer = median_seconds(lambda: ray.get(touch.remote(ray.put(weights))), args.repeats)
+        sync = median_seconds(
+            lambda: ray.get(worker.load_weights.remote(ray.put(weights), next(version))), args.repeats
+        )
+        ray.shutdown()
+    finally:
+        shutil.rmtree(directory.parent, ignore_errors=True)
+
+    print(f"{gigabytes:.3f} GB of float32 weights, median of {args.repeats}")
+    print(f"{'path':34s} {'seconds':>8s} {'s/GB':>8s} {'vs copy':>8s}")
+    for name, seconds in (("plain copy (torch clone)", copy), ("object-store transfer", transfer),
+                          ("sync (transfer + vLLM reload)", sync)):
+        print(f"{name:34s} {seconds:8.3f} {seconds / gigabytes:8.3f} {seconds / copy:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
