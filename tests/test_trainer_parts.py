@@ -1,0 +1,55 @@
+"""Driver parts without actors: data order, metrics sinks, checkpoint directories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tiny_r1v.trainer import checkpoint
+from tiny_r1v.trainer.metrics import MetricsLogger
+from tiny_r1v.trainer.sampler import step_indices
+
+
+def test_data_order_is_a_pure_function_of_seed_and_step():
+    first = [step_indices(10, 4, step, seed=3) for step in range(5)]
+    assert first == [step_indices(10, 4, step, seed=3) for step in range(5)]
+    stream = [i for batch in first for i in batch]
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))  # epochs
+    assert stream[:10] != stream[10:20]  # each epoch reshuffled
+    assert step_indices(10, 4, 0, seed=4) != first[0]
+    assert step_indices(5, 3, 1, seed=0, shuffle=False) == [3, 4, 0]
+    with pytest.raises(ValueError, match="empty"):
+        step_indices(0, 1, 0, seed=0)
+
+
+def test_metrics_file_is_cut_back_to_the_resumed_step(tmp_path):
+    log = MetricsLogger(tmp_path, ["jsonl"], "x", total_steps=4, start_step=0)
+    for step in (1, 2, 3):
+        log.log(step, {"reward/mean": float(step)})
+    log.close()
+    # The run crashed after logging step 3; its last checkpoint is step 2.
+    log = MetricsLogger(tmp_path, ["jsonl"], "x", total_steps=4, start_step=2)
+    log.log(3, {"reward/mean": 30.0})
+    log.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["reward/mean"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_checkpoints_publish_atomically_and_keep_the_last(tmp_path):
+    def save(step):
+        staging = checkpoint.staging_dir(tmp_path, step)
+        assert staging.name.endswith(".tmp")
+        assert checkpoint.latest(tmp_path) is None or checkpoint.latest(tmp_path)[1].step < step
+        (staging / "model").mkdir()
+        return checkpoint.publish(staging, checkpoint.TrainerState(step, step, 1, 10), keep=2)
+
+    assert checkpoint.latest(tmp_path) is None
+    for step in (1, 2, 3):
+        save(step)
+    names = sorted(p.name for p in checkpoint.checkpoint_root(tmp_path).iterdir())
+    assert names == ["step-000002", "step-000003"]
+    # An interrupted write leaves a .tmp directory that is never resumed from.
+    checkpoint.staging_dir(tmp_path, 4)
+    path, state = checkpoint.latest(tmp_path)
+    assert path.name == "step-000003" and state == checkpoint.TrainerState(3, 3, 1, 10)
