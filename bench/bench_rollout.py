@@ -4,7 +4,8 @@
 
 Without --model it builds the tiny test model. All three paths share one engine configuration
 and sample with the same seeds, so they generate the same tokens; the figure is generated tokens
-per second (median over repeats) and its ratio to bare vLLM measured in this same run. Goal:
+per second (median over repeats) and its ratio to bare vLLM measured in this same run (the paths
+take turns within each repeat). Goal:
 ours >= 0.95 of bare.
 """
 
@@ -37,18 +38,21 @@ def make_prompts(model: Path, count: int) -> list[Prompt]:
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]}],
         add_generation_prompt=True,
     )
-    return [Prompt(f"p{i}", text, (Image.new("RGB", (56 + 28 * (i % 3), 56), (40 * (i % 6), 90, 160)),)) for i in range(count)]
+    images = [Image.new("RGB", (56 + 28 * (i % 3), 56), (40 * (i % 6), 90, 160)) for i in range(count)]
+    return [Prompt(f"p{i}", text, (image,)) for i, image in enumerate(images)]
 
 
-def timed(fn, repeats: int) -> tuple[float, int]:
-    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up, and its token count."""
-    tokens = fn()
-    seconds = []
+def interleaved(paths: dict, repeats: int) -> dict[str, tuple[float, int]]:
+    """Median seconds per path and its token count; one warm-up each, then the paths take
+    turns in every repeat so that load drifting on a noisy machine hits them alike."""
+    tokens = {name: fn() for name, fn in paths.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), tokens
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(seconds[name]), tokens[name]) for name in paths}
 
 
 def main() -> None:
@@ -86,18 +90,17 @@ def main() -> None:
     def ours() -> int:
         return sum(len(c.token_ids) for c in engine.generate(prompts, seed=seed))
 
-    results = {"bare vLLM": timed(bare, args.repeats), "RolloutEngine": timed(ours, args.repeats)}
-    llm.llm_engine.engine_core.shutdown()
-    del llm, engine
-
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     worker = ray.remote(RolloutWorker).remote(cfg, str(model), 0)
 
     def actor() -> int:
         return sum(len(c.token_ids) for c in ray.get(worker.generate.remote(prompts, seed)))
 
-    results["RolloutWorker (Ray actor)"] = timed(actor, args.repeats)
+    results = interleaved(
+        {"bare vLLM": bare, "RolloutEngine": ours, "RolloutWorker (Ray actor)": actor}, args.repeats
+    )
     ray.shutdown()
+    llm.llm_engine.engine_core.shutdown()
 
     base_seconds, base_tokens = results["bare vLLM"]
     print(f"{args.prompts} prompts x {args.n} samples, <= {args.max_tokens} tokens, median of {args.repeats}")

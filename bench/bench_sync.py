@@ -41,6 +41,7 @@ def build_model(directory: Path, hidden: int, layers: int) -> dict[str, torch.Te
     text = config.text_config
     text.hidden_size, text.num_hidden_layers, text.intermediate_size = hidden, layers, 4 * hidden
     text.num_attention_heads, text.num_key_value_heads = hidden // 64, max(1, hidden // 256)
+    text.layer_types = ["full_attention"] * layers
     config.vision_config.out_hidden_size = hidden
     model = Qwen2_5_VLForConditionalGeneration(config)
     for file in directory.glob("model*.safetensors"):

@@ -46,7 +46,8 @@ def test_required_keys_are_named():
 
 def test_quickstart_loads():
     cfg = load_config(TrainConfig, QUICKSTART)
-    assert cfg.model.path == "outputs/tiny-model"
+    assert cfg.model.path == "outputs/quickstart-assets/warm-model"
+    assert cfg.data.task == "ocr" and cfg.algorithm.lipo.xi == 0.05
     assert cfg.rollout.n == 4
     assert cfg.rollout.max_response_length == 64
     assert cfg.learner.num_workers == 2

@@ -25,10 +25,13 @@ ROLLOUT_RESTARTS = 3
 
 
 def _use_all_cores(device: torch.device) -> None:
-    # Ray pins fractional-CPU actors to one thread; on a CPU run the phases take turns, so each
-    # may use every core.
+    # Ray starts actors with OMP_NUM_THREADS=1; on a CPU run the phases take turns, so each may
+    # use every core. The variable matters too: vLLM sizes torch's thread pool from it while it
+    # builds an engine (and its CPU worker then disables torch.set_num_threads).
     if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+        os.environ["OMP_NUM_THREADS"] = str(cores)
+        torch.set_num_threads(cores)
 
 
 class RolloutWorker:
