@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
+        if args.config == QUICKSTART:
+            from tiny_r1v.quickstart import prepare
+
+            prepare(min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
         if not Path(cfg.model.path).is_dir():
             raise ConfigError(("model.path", f"no model directory at {cfg.model.path}"))
         data = cfg.data

@@ -91,6 +91,9 @@ _BPE_VOCAB_SIZE = 1024
 
 # Pixel budget per image: 28 = patch_size * spatial_merge_size, so an image costs between 4 and
 # 64 tokens; a 64x64 image is resized to 56x56 and costs 4.
+# vLLM's CPU attention rejects head dims below 64.
+_HEAD_DIM = 64
+
 MIN_PIXELS = 28 * 28 * 4
 MAX_PIXELS = 28 * 28 * 64
 
@@ -161,24 +164,25 @@ def _processor(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor:
     )
 
 
-def _config(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
-    """A Qwen2.5-VL of about a million parameters that vLLM's CPU backend accepts.
+def _config(tokenizer: Qwen2Tokenizer, hidden: int, layers: int) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL that vLLM's CPU backend accepts: about a million parameters at the default
+    text tower (`hidden` 128, 2 `layers`); the vision tower is fixed.
 
     Head dims are 64 in both towers because vLLM's CPU attention rejects smaller ones; the text
-    tower has 2 query heads over 1 KV head so grouped-query attention is exercised. The
+    tower has twice as many query heads as KV heads so grouped-query attention is exercised. The
     embedding matrix is rounded up to a multiple of 64 rows, like Qwen's, so code that assumes
     `vocab_size == len(tokenizer)` fails here rather than on a real checkpoint.
     """
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    hidden = 128
+    heads = hidden // _HEAD_DIM
     return Qwen2_5_VLConfig(
         text_config={
             "vocab_size": -(-len(tokenizer) // 64) * 64,
             "hidden_size": hidden,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads // 2,
             "max_position_embeddings": 4096,
             "rope_parameters": {
                 "rope_type": "default",
@@ -236,15 +240,24 @@ def _suppress_tokens(model: Qwen2_5_VLForConditionalGeneration, suppressed: list
         head[suppressed, 0] = -10.0
 
 
-def build_tiny_model(out_dir: str | os.PathLike[str], *, seed: int = 0) -> Path:
+def build_tiny_model(
+    out_dir: str | os.PathLike[str], *, seed: int = 0, hidden_size: int = 128, num_layers: int = 2
+) -> Path:
     """Write a tiny random-weight Qwen2.5-VL model directory to `out_dir` and return its path.
 
-    Weights are float32, which the CPU learner trains in; AVX2 CPUs have no native bfloat16
-    (give vLLM `dtype="float32"`, else it downcasts). Saved as safetensors; about 5 MB.
+    `hidden_size` (a multiple of 128: head_dim 64, twice as many query as KV heads) and
+    `num_layers` size the text tower. Weights are float32, which the CPU learner trains in; AVX2
+    CPUs have no native bfloat16 (give vLLM `dtype="float32"`, else it downcasts). Saved as
+    safetensors; about 5 MB at the default size.
     """
+    if hidden_size % (2 * _HEAD_DIM) or num_layers < 1:
+        raise ValueError(
+            f"need hidden_size a multiple of {2 * _HEAD_DIM} and num_layers >= 1, "
+            f"got {hidden_size} and {num_layers}"
+        )
     out = Path(out_dir)
     tokenizer = build_tokenizer()
-    config = _config(tokenizer)
+    config = _config(tokenizer, hidden_size, num_layers)
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
@@ -267,8 +280,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="directory to write the model to")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights")
+    parser.add_argument("--hidden-size", type=int, default=128, help="text tower width")
+    parser.add_argument("--num-layers", type=int, default=2, help="text tower depth")
     args = parser.parse_args(argv)
-    print(build_tiny_model(args.out, seed=args.seed))
+    print(build_tiny_model(args.out, seed=args.seed, hidden_size=args.hidden_size,
+                           num_layers=args.num_layers))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,285 @@
+"""Supervised warm start: teach a model the answer format with verbose, variable-length reasoning.
+
+A random tiny model earns no reward, so RL from it shows nothing. The quickstart therefore first
+fine-tunes it on targets of the shape
+
+    <think>{0..max_fillers filler sentences} so the answer is {answer}.</think> \\boxed{answer}<|im_end|>
+
+The filler count is drawn per target, so the warmed-up policy samples correct answers of many
+lengths: exactly the groups in which LIPO (SPEC §2) prefers the shorter ones. Plain
+single-process PyTorch (no Ray, no FSDP); the inputs and log-probs come from the learner's own
+pipeline (`encode_prompt`, `collate`, `PolicyModel`), so the warm start trains what RL trains.
+
+Command line::
+
+    python -m tiny_r1v.warmstart --model DIR --data FILE --out DIR [--steps N] [--lr LR] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, ProcessorMixin, Qwen2_5_VLForConditionalGeneration
+from verl.utils.torch_functional import masked_mean
+
+from tiny_r1v.data import Example, build_messages, load_examples
+from tiny_r1v.learner.inputs import EncodedPrompt, collate, encode_prompt
+from tiny_r1v.learner.policy import PolicyModel
+from tiny_r1v.protocol import Prompt, TrainSample
+from tiny_r1v.rewards import PromptFormat, check_prompt_format
+
+__all__ = ["FILLER_SENTENCES", "LOG_FILE", "MAX_FILLERS", "build_target", "warm_start"]
+
+FILLER_SENTENCES: tuple[str, ...] = (
+    " Let me think step by step.",
+    " first, this is a picture.",
+    " Let me count the shape.",
+    " so Let me think.",
+    " the question is in the image.",
+    " this is the picture.",
+    " what is the answer?",
+    " the image is a picture.",
+)
+"""Reasoning-flavoured padding, one of which is drawn per filler slot (without repetition).
+
+Every word is in the tiny tokenizer's training corpus (`tiny_r1v.models.tiny`), so a sentence
+costs 5-7 tokens there, and the longest target (six fillers) stays under 64 tokens. None names a colour, a
+shape or a digit: the fillers carry no answer, so dropping them never changes correctness.
+"""
+
+MAX_FILLERS = 6
+"""Default upper bound of the filler count (drawn uniformly from 0..MAX_FILLERS)."""
+
+LOG_FILE = "warm_start.json"
+"""Written into the output directory: settings, per-step losses and wall time."""
+
+# Files of the source model directory that `save_pretrained` replaces or that hold weights;
+# every other top-level file (tokenizer, processor, chat template) is copied unchanged.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_MODEL_FILES = ("config.json", "generation_config.json")
+
+
+def build_target(answer: str, rng: random.Random, *, prompt_format: PromptFormat = "boxed",
+                 max_fillers: int = MAX_FILLERS) -> str:
+    """A verbose target response for `answer` (without the end-of-turn token).
+
+    The reasoning is a random number (0..`max_fillers`) of distinct `FILLER_SENTENCES` followed by
+    a conclusion that states the answer, so the shortest variant is still a non-empty reasoning
+    block, as the format reward demands; the final answer follows in the `prompt_format`'s form.
+    """
+    check_prompt_format(prompt_format)
+    if not 0 <= max_fillers <= len(FILLER_SENTENCES):
+        raise ValueError(f"max_fillers must be in [0, {len(FILLER_SENTENCES)}], got {max_fillers}")
+    fillers = rng.sample(FILLER_SENTENCES, rng.randint(0, max_fillers))
+    reasoning = "".join(fillers) + f" so the answer is {answer}."
+    final = f"\\boxed{{{answer}}}" if prompt_format == "boxed" else f"<answer>{answer}</answer>"
+    # No space is stripped after <think>: the first sentence then tokenises as it does elsewhere.
+    return f"<think>{reasoning}</think> {final}"
+
+
+def warm_start(
+    model_dir: str | PathLike[str],
+    examples: Sequence[Example],
+    out_dir: str | PathLike[str],
+    *,
+    prompt_format: PromptFormat = "boxed",
+    steps: int = 500,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    max_fillers: int = MAX_FILLERS,
+    warmup_steps: int = 20,
+    max_grad_norm: float = 1.0,
+    log_every: int = 0,
+    num_threads: int = 1,
+) -> Path:
+    """Fine-tune the Qwen2.5-VL model in `model_dir` on verbose targets for `examples`.
+
+    Each step draws `batch_size` examples (in shuffled epochs) and a fresh target for each
+    (`build_target`), and minimises the token-mean negative log-likelihood of the target tokens
+    alone. AdamW, linear warm-up over `warmup_steps`, then cosine decay to a tenth of `lr`.
+    The result is a pure function of the arguments (same seed, same weights).
+
+    Writes a complete model directory to `out_dir` (float32 safetensors, config, and the source
+    directory's tokenizer/processor files) that transformers and vLLM load, plus `LOG_FILE` with
+    the per-step losses. Prints the loss every `log_every` steps (0: never). Returns `out_dir`.
+
+    Runs on `num_threads` CPU threads (restored afterwards). One is the default: a tiny model's
+    operations are too small to gain from intra-op threads, and next to any other busy process
+    OpenMP threads oversubscribe the cores (measured on 2 cores: 0.18 s a step with one thread,
+    2-5 s with two).
+    """
+    if not examples:
+        raise ValueError("warm_start needs at least one example")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    source, out = Path(model_dir), Path(out_dir)
+    started = time.perf_counter()
+    rng = random.Random(seed)
+    processor = AutoProcessor.from_pretrained(source)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
+            torch.manual_seed(seed)
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                source, dtype=torch.float32, attn_implementation="sdpa"
+            )
+            losses = _train(
+                model, processor, examples, rng, prompt_format=prompt_format, steps=steps, lr=lr,
+                batch_size=batch_size, max_fillers=max_fillers, warmup_steps=warmup_steps,
+                max_grad_norm=max_grad_norm, log_every=log_every,
+            )
+    finally:
+        torch.set_num_threads(threads)
+    _save(model, source, out)
+    log = {
+        "source": str(source),
+        "examples": len(examples),
+        "prompt_format": prompt_format,
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "max_fillers": max_fillers,
+        "seconds": round(time.perf_counter() - started, 2),
+        "losses": losses,
+    }
+    (out / LOG_FILE).write_text(json.dumps(log, indent=1) + "\n")
+    return out
+
+
+def _train(
+    model: Qwen2_5_VLForConditionalGeneration,
+    processor: ProcessorMixin,
+    examples: Sequence[Example],
+    rng: random.Random,
+    *,
+    prompt_format: PromptFormat,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    max_fillers: int,
+    warmup_steps: int,
+    max_grad_norm: float,
+    log_every: int,
+) -> list[float]:
+    """The SFT loop; returns the loss of every step."""
+    config = model.config
+    image_token_id, merge_size = config.image_token_id, config.vision_config.spatial_merge_size
+    end_of_turn = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    policy = PolicyModel(model).train()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    # Warm-up keeps the first Adam steps of a random model from overshooting; the cosine tail
+    # lets the last steps settle instead of leaving the weights mid-oscillation.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, warmup_steps, steps)
+    )
+    # Prompts are encoded once, on first use: the processor (image resize, patching) costs more
+    # than a training step of a tiny model.
+    encoded: dict[str, EncodedPrompt] = {}
+    order: list[int] = []
+    losses = []
+    for step in range(steps):
+        batch = []
+        for _ in range(batch_size):
+            if not order:
+                order = rng.sample(range(len(examples)), len(examples))
+            example = examples[order.pop()]
+            if example.uid not in encoded:
+                prompt = _render(processor, example, prompt_format)
+                encoded[example.uid] = encode_prompt(processor, prompt, image_token_id, merge_size)
+            target = build_target(example.answer, rng, prompt_format=prompt_format,
+                                  max_fillers=max_fillers)
+            ids = processor.tokenizer.encode(target, add_special_tokens=False) + [end_of_turn]
+            # `prompt` is only a label for collate's errors; the encoded prompt carries the inputs.
+            sample = TrainSample(prompt=Prompt(uid=example.uid, text=""), response_ids=tuple(ids),
+                                 advantage=0.0)
+            batch.append((encoded[example.uid], sample))
+        inputs = collate(batch, config.text_config.pad_token_id)
+        logprobs, _ = policy(inputs)
+        loss = -masked_mean(logprobs, inputs.response_mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        losses.append(round(loss.item(), 5))
+        if log_every and (step + 1) % log_every == 0:
+            print(f"warm start step {step + 1}/{steps}: loss {losses[-1]:.4f}", flush=True)
+    model.eval()
+    return losses
+
+
+def _lr_factor(step: int, warmup_steps: int, steps: int) -> float:
+    """Multiplier of the base lr at `step`: linear warm-up, then cosine decay to 0.1."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _render(processor: ProcessorMixin, example: Example, prompt_format: PromptFormat) -> Prompt:
+    """The example as the rollout workers see it: chat-templated text and resized images."""
+    text = processor.apply_chat_template(
+        build_messages(example, prompt_format), add_generation_prompt=True, tokenize=False
+    )
+    return Prompt(uid=example.uid, text=text, images=tuple(example.load_images()))
+
+
+def _save(model: Qwen2_5_VLForConditionalGeneration, source: Path, out: Path) -> None:
+    """Weights and config from `model`; tokenizer and processor files copied from `source`."""
+    model.save_pretrained(out)
+    for file in source.iterdir():
+        weights = file.suffix in _WEIGHT_SUFFIXES or file.name.endswith(".index.json")
+        if file.is_file() and not weights and file.name not in _MODEL_FILES:
+            shutil.copy2(file, out / file.name)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tiny_r1v.warmstart", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--model", required=True, help="source model directory")
+    parser.add_argument("--data", required=True, nargs="+", help="dataset file(s), JSONL or Parquet")
+    parser.add_argument("--out", required=True, help="output model directory")
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-fillers", type=int, default=MAX_FILLERS)
+    parser.add_argument("--num-threads", type=int, default=1)
+    parser.add_argument("--prompt-format", choices=("boxed", "answer_tags"), default="boxed")
+    parser.add_argument("--min-pixels", type=int, help="default: the model's processor's bound")
+    parser.add_argument("--max-pixels", type=int, help="default: the model's processor's bound")
+    args = parser.parse_args(argv)
+
+    # Images must reach the model at the size RL will feed it; the processor's own bounds are
+    # the natural default, and the training config's `data.*_pixels` should be passed when they
+    # differ.
+    size = AutoProcessor.from_pretrained(args.model).image_processor.size
+    examples = load_examples(
+        args.data,
+        min_pixels=args.min_pixels or size["shortest_edge"],
+        max_pixels=args.max_pixels or size["longest_edge"],
+    )
+    out = warm_start(
+        args.model, examples, args.out, prompt_format=args.prompt_format, steps=args.steps,
+        lr=args.lr, batch_size=args.batch_size, seed=args.seed, max_fillers=args.max_fillers,
+        log_every=max(1, args.steps // 20), num_threads=args.num_threads,
+    )
+    log = json.loads((out / LOG_FILE).read_text())
+    print(f"wrote {out} in {log['seconds']} s; loss {log['losses'][0]:.3f} -> {log['losses'][-1]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
