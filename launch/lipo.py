@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from tiny_r1v import quickstart
 from tiny_r1v.config import ConfigError, load_config
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.data import DatasetError, load_examples
@@ -34,10 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
-        if args.config == QUICKSTART:
-            from tiny_r1v.quickstart import prepare
-
-            prepare(min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+        if quickstart.uses_assets(cfg):
+            quickstart.prepare(min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
         if not Path(cfg.model.path).is_dir():
             raise ConfigError(("model.path", f"no model directory at {cfg.model.path}"))
         data = cfg.data

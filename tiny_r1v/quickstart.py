@@ -1,6 +1,7 @@
 """Assets of the CPU quickstart, built once offline: a tiny model, real digit images, a warm start.
 
-`launch/lipo.py` with no --config calls `prepare()` before training: it writes, under
+`launch/lipo.py` calls `prepare()` before training any config whose model is the quickstart's
+warm-started one (`configs/quickstart.yaml`, the default): it writes, under
 `outputs/quickstart-assets/` (skipping what already exists),
 
 - `base-model/`: the tiny random Qwen2.5-VL (`tiny_r1v.models.tiny`);
@@ -16,19 +17,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tiny_r1v.data import load_examples
-from tiny_r1v.data.offline import digits
-from tiny_r1v.data.writer import DatasetWriter
-from tiny_r1v.models.tiny import build_tiny_model
-from tiny_r1v.warmstart import warm_start
+from tiny_r1v.config.train import TrainConfig
 
 ASSETS = Path("outputs/quickstart-assets")
 EXAMPLES = 256
 WARM_START_STEPS = 400
 
 
+def uses_assets(cfg: TrainConfig) -> bool:
+    """Whether ``cfg`` trains the quickstart's warm-started model (which ``prepare`` builds)."""
+    return Path(cfg.model.path) == ASSETS / "warm-model"
+
+
 def prepare(root: Path = ASSETS, *, min_pixels: int, max_pixels: int, seed: int = 0) -> None:
     """Build whatever of the quickstart's assets is missing under ``root``."""
+    # Imported here: launch/lipo.py imports this module for `uses_assets` on every run.
+    from tiny_r1v.data import load_examples
+    from tiny_r1v.data.offline import digits
+    from tiny_r1v.data.writer import DatasetWriter
+    from tiny_r1v.models.tiny import build_tiny_model
+    from tiny_r1v.warmstart import warm_start
+
     base, data, warm = root / "base-model", root / "data", root / "warm-model"
     if not (base / "config.json").is_file():
         print(f"quickstart: building the tiny model in {base}")
