@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from tiny_r1v.trainer.driver import Trainer, run_dir
+    from tiny_r1v.trainer.metrics import read_metrics, trend
 
     ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
     trainer = Trainer(cfg, examples, resume=args.resume)
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         trainer.shutdown()
     print(f"done: {trainer.step} steps; metrics and checkpoints in {run_dir(cfg)}")
+    if (metrics := run_dir(cfg) / "metrics.jsonl").is_file():
+        print(trend(read_metrics(metrics)))
     return 0
 
 

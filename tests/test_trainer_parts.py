@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tiny_r1v.trainer import checkpoint
-from tiny_r1v.trainer.metrics import MetricsLogger
+from tiny_r1v.trainer.metrics import MetricsLogger, trend
 from tiny_r1v.trainer.sampler import step_indices
 
 
@@ -53,3 +53,13 @@ def test_checkpoints_publish_atomically_and_keep_the_last(tmp_path):
     checkpoint.staging_dir(tmp_path, 4)
     path, state = checkpoint.latest(tmp_path)
     assert path.name == "step-000003" and state == checkpoint.TrainerState(3, 3, 1, 10)
+
+
+def test_trend_compares_the_first_and_last_steps():
+    rows = [{"step": i + 1, "reward/mean": r, "length/mean": 10.0 * (8 - i)} for i, r in
+            enumerate([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 0.9, 0.5])]
+    assert trend(rows, window=3) == ("reward/mean 0.2 -> 0.8, length/mean 70 -> 20 "
+                                     "(means of the first and last 3 steps)")
+    # A short run: half of its steps for each end.
+    short = trend(rows[:2], keys=["reward/mean"], window=5)
+    assert short == "reward/mean 0 -> 0.2 (means of the first and last 1 steps)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import ray
@@ -13,6 +13,25 @@ from tqdm import tqdm
 
 # Shown on the progress bar; everything goes to the files and the dashboard.
 _HEADLINE = ("reward/mean", "reward/accuracy", "length/mean", "time/step")
+
+
+def trend(rows: Sequence[Mapping[str, float]], keys: Sequence[str] = ("reward/mean", "length/mean"),
+          window: int = 5) -> str:
+    """One line: each key's mean over the first and over the last `window` steps of `rows`
+    (metrics records in step order; a shorter run uses half of its steps for each end)."""
+    n = min(window, max(1, len(rows) // 2))
+    parts = []
+    for key in keys:
+        values = [row[key] for row in rows if key in row]
+        if values:
+            first, last = sum(values[:n]) / len(values[:n]), sum(values[-n:]) / len(values[-n:])
+            parts.append(f"{key} {first:.3g} -> {last:.3g}")
+    return f"{', '.join(parts)} (means of the first and last {n} steps)"
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The records of a metrics JSONL file, in step order."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def _gauge_name(key: str) -> str:
