@@ -49,11 +49,11 @@ def test_quickstart_loads():
     assert cfg.model.path == "outputs/quickstart-assets/warm-model"
     assert cfg.data.task == "ocr" and cfg.algorithm.lipo.xi == 0.05
     assert cfg.rollout.n == 4
-    assert cfg.rollout.max_response_length == 64
+    assert cfg.rollout.max_response_length == 32
     assert cfg.learner.num_workers == 2
     assert cfg.rollout.num_workers == 1
     assert cfg.trainer.device == "cpu"
-    assert cfg.algorithm.lipo.l_max == 64
+    assert cfg.algorithm.lipo.l_max == 32  # resolved from the response limit
 
 
 # That the quickstart (like every config under configs/) lists every key: tests/test_configs.py.

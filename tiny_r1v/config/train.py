@@ -36,13 +36,9 @@ def _not_empty(key: str, value: str) -> None:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    train_files: tuple[str, ...]
-    """Training data files (JSONL or Parquet)."""
-    val_files: tuple[str, ...] = ()
-    """Validation data files; empty skips validation."""
-    task: Task = "math"
-    """Task family: selects the accuracy reward (SPEC §1) and the LIPO `xi` default."""
+class PromptConfig:
+    """How an example becomes a prompt: shared by training data and evaluation benchmarks."""
+
     prompt_format: Literal["boxed", "answer_tags"] = "boxed"
     """Where the final answer goes: `\\boxed{...}` or `<answer>...</answer>` (SPEC §1 switch)."""
     max_prompt_length: int = 2048
@@ -51,13 +47,8 @@ class DataConfig:
     """Images smaller than this many pixels are upscaled to it (aspect ratio kept)."""
     max_pixels: int = 1048576
     """Images larger than this many pixels are downscaled to it; one token per 28x28 pixels."""
-    shuffle: bool = True
-    """Shuffle the training prompts every epoch."""
-    seed: int = 1
-    """Seed of the data shuffle."""
 
     def validate(self) -> None:
-        require(len(self.train_files) > 0, "train_files", "must list at least one file")
         _positive("max_prompt_length", self.max_prompt_length)
         _positive("min_pixels", self.min_pixels)
         require(
@@ -72,6 +63,25 @@ class DataConfig:
             f"an image of {self.max_pixels} pixels takes {image_tokens} tokens, which leaves no "
             f"room for text in max_prompt_length ({self.max_prompt_length})",
         )
+
+
+@dataclass(frozen=True)
+class DataConfig(PromptConfig):
+    # Keyword-only: a required field may not follow the defaulted ones inherited from PromptConfig.
+    train_files: tuple[str, ...] = field(kw_only=True)
+    """Training data files (JSONL or Parquet)."""
+    val_files: tuple[str, ...] = ()
+    """Validation data files; empty skips validation."""
+    task: Task = "math"
+    """Task family: selects the accuracy reward (SPEC §1) and the LIPO `xi` default."""
+    shuffle: bool = True
+    """Shuffle the training prompts every epoch."""
+    seed: int = 1
+    """Seed of the data shuffle."""
+
+    def validate(self) -> None:
+        require(len(self.train_files) > 0, "train_files", "must list at least one file")
+        super().validate()
 
 
 @dataclass(frozen=True)
@@ -94,17 +104,11 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class RolloutConfig:
-    n: int = 5
-    """Group size G: responses sampled per prompt; advantages compare within a group."""
-    temperature: float = 1.0
-    """Sampling temperature; > 0, since identical greedy responses give zero advantage."""
-    top_p: float = 1.0
-    """Nucleus sampling mass, in (0, 1]."""
+class EngineConfig:
+    """vLLM engine settings: shared by the rollout workers and evaluation."""
+
     max_response_length: int = 2048
-    """Generation limit in tokens; also the default LIPO `l_max`."""
-    num_workers: int = 1
-    """Rollout workers (one vLLM engine each)."""
+    """Generation limit in tokens; in training also the default LIPO `l_max`."""
     tensor_parallel_size: int = 1
     """GPUs per vLLM engine."""
     gpu_memory_utilization: float = 0.6
@@ -116,6 +120,26 @@ class RolloutConfig:
     """Most images one prompt may carry (vLLM reserves encoder space for this many)."""
     enforce_eager: bool = False
     """Disable CUDA graphs in vLLM: slower decoding, faster start-up and less memory."""
+
+    def validate(self) -> None:
+        _positive("max_response_length", self.max_response_length)
+        _positive("tensor_parallel_size", self.tensor_parallel_size)
+        _within("gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, "(]")
+        if self.kv_cache_memory_mb is not None:
+            _positive("kv_cache_memory_mb", self.kv_cache_memory_mb)
+        _at_least("max_images_per_prompt", self.max_images_per_prompt, 0)
+
+
+@dataclass(frozen=True)
+class RolloutConfig(EngineConfig):
+    n: int = 5
+    """Group size G: responses sampled per prompt; advantages compare within a group."""
+    temperature: float = 1.0
+    """Sampling temperature; > 0, since identical greedy responses give zero advantage."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, in (0, 1]."""
+    num_workers: int = 1
+    """Rollout workers (one vLLM engine each)."""
     seed: int = 1
     """Seed of the vLLM sampler."""
 
@@ -123,13 +147,8 @@ class RolloutConfig:
         require(self.n >= 2, "n", f"group size must be >= 2, got {self.n}")
         _positive("temperature", self.temperature)
         _within("top_p", self.top_p, 0, 1, "(]")
-        _positive("max_response_length", self.max_response_length)
         _positive("num_workers", self.num_workers)
-        _positive("tensor_parallel_size", self.tensor_parallel_size)
-        _within("gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, "(]")
-        if self.kv_cache_memory_mb is not None:
-            _positive("kv_cache_memory_mb", self.kv_cache_memory_mb)
-        _at_least("max_images_per_prompt", self.max_images_per_prompt, 0)
+        super().validate()
 
 
 @dataclass(frozen=True)
