@@ -6,8 +6,9 @@ Builds a random Qwen2.5-VL checkpoint of the given size (the tiny model's tokeni
 tower, a wider and deeper language model), then measures, each as the median of ``--repeats``:
 
 - plain copy: ``torch`` clone of every tensor of the state dict in this process (the floor);
-- transfer: the state dict through Ray's object store into an actor that only touches it;
-- sync: the driver's path, ``RolloutWorker.load_weights`` (object store + vLLM's in-place reload).
+- object store: the state dict through Ray's object store into a task that only touches it, as
+  a dict of torch tensors (pickled) and packed into one buffer (``PackedWeights``, read in place);
+- sync: the driver's path: pack, ``RolloutWorker.load_weights`` (object store + vLLM's in-place reload).
 
 The goal on CPU is sync <= 2x the plain copy per GB. The FSDP gather on the learners is not
 part of this figure; the training metrics report it inside ``time/sync``.
@@ -30,6 +31,7 @@ from tiny_r1v.config import load_config
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.models.tiny import build_tiny_model
 from tiny_r1v.trainer.actors import RolloutWorker
+from tiny_r1v.trainer.weights import PackedWeights
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -61,8 +63,9 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 @ray.remote
-def touch(weights: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() for t in weights.values())
+def touch(weights: dict[str, torch.Tensor] | PackedWeights) -> int:
+    tensors = weights.tensors() if isinstance(weights, PackedWeights) else weights
+    return sum(t.numel() for t in tensors.values())
 
 
 def main() -> None:
@@ -82,9 +85,11 @@ def main() -> None:
         worker = ray.remote(RolloutWorker).remote(cfg, str(directory), 0)
         ray.get(worker.weight_version.remote())
         version = iter(range(1, 10_000))
-        transfer = median_seconds(lambda: ray.get(touch.remote(ray.put(weights))), args.repeats)
+        pickled = median_seconds(lambda: ray.get(touch.remote(ray.put(weights))), args.repeats)
+        transfer = median_seconds(lambda: ray.get(touch.remote(ray.put(PackedWeights.pack(weights)))), args.repeats)
         sync = median_seconds(
-            lambda: ray.get(worker.load_weights.remote(ray.put(weights), next(version))), args.repeats
+            lambda: ray.get(worker.load_weights.remote(ray.put(PackedWeights.pack(weights)), next(version))),
+            args.repeats,
         )
         ray.shutdown()
     finally:
@@ -92,8 +97,8 @@ def main() -> None:
 
     print(f"{gigabytes:.3f} GB of float32 weights, median of {args.repeats}")
     print(f"{'path':34s} {'seconds':>8s} {'s/GB':>8s} {'vs copy':>8s}")
-    for name, seconds in (("plain copy (torch clone)", copy), ("object-store transfer", transfer),
-                          ("sync (transfer + vLLM reload)", sync)):
+    for name, seconds in (("plain copy (torch clone)", copy), ("object store, torch state dict", pickled),
+                          ("object store, packed buffer", transfer), ("sync (pack + transfer + reload)", sync)):
         print(f"{name:34s} {seconds:8.3f} {seconds / gigabytes:8.3f} {seconds / copy:8.2f}")
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.metrics import MetricsLogger, trend
 from tiny_r1v.trainer.sampler import step_indices
+from tiny_r1v.trainer.weights import PackedWeights
 
 
 def test_data_order_is_a_pure_function_of_seed_and_step():
@@ -63,3 +65,30 @@ def test_trend_compares_the_first_and_last_steps():
     # A short run: half of its steps for each end.
     short = trend(rows[:2], keys=["reward/mean"], window=5)
     assert short == "reward/mean 0 -> 0.2 (means of the first and last 1 steps)"
+
+
+def test_packed_weights_round_trip_every_dtype_and_shape():
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "a.weight": torch.randn(3, 5, generator=g),
+        "b.bias": torch.randn(7, generator=g).bfloat16(),  # odd byte count: the next one is realigned
+        "c.steps": torch.tensor(4, dtype=torch.int64),
+        "d.weight": torch.randn(4, 6, generator=g).T,  # not contiguous
+        "e.empty": torch.empty(0, 2),
+    }
+    packed = PackedWeights.pack(state)
+    out = packed.tensors()
+    assert list(out) == list(state)
+    for name, tensor in state.items():
+        assert out[name].dtype == tensor.dtype and out[name].shape == tensor.shape
+        assert torch.equal(out[name], tensor), name
+    assert all(start % 64 == 0 for *_, start in packed.entries)
+
+
+def test_packed_weights_read_through_the_object_store_without_copies(ray_local):
+    import ray
+
+    state = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "h": torch.ones(2, dtype=torch.bfloat16)}
+    received = ray.get(ray.put(PackedWeights.pack(state)))
+    assert not received.buffer.flags.writeable  # a view of the store's shared memory, not a copy
+    assert all(torch.equal(received.tensors()[k], v) for k, v in state.items())

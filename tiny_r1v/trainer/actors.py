@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import ray
@@ -18,6 +18,7 @@ from tiny_r1v.device import resolve_device
 from tiny_r1v.learner.worker import Learner
 from tiny_r1v.protocol import Completion, Prompt
 from tiny_r1v.trainer.scoring import GroupScorer
+from tiny_r1v.trainer.weights import PackedWeights
 
 # A crashed rollout worker is rebuilt by Ray this many times per run; the driver then hands it
 # the current weights. Learners are never restarted alone: their process group would be broken.
@@ -48,12 +49,11 @@ class RolloutWorker:
     def generate(self, prompts: Sequence[Prompt], seed: int) -> list[Completion]:
         return self.engine.generate(prompts, seed=seed)
 
-    def load_weights(self, weights: Mapping[str, torch.Tensor], version: int) -> dict[str, float]:
+    def load_weights(self, weights: PackedWeights, version: int) -> dict[str, float]:
         """Load new weights; returns the seconds it took and the bytes received."""
         start = time.perf_counter()
-        self.engine.load_weights(weights, version)
-        size = sum(t.numel() * t.element_size() for t in weights.values())
-        return {"seconds": time.perf_counter() - start, "bytes": float(size)}
+        self.engine.load_weights(weights.tensors(), version)
+        return {"seconds": time.perf_counter() - start, "bytes": float(weights.nbytes)}
 
     def weight_version(self) -> int:
         return self.engine.weight_version
@@ -65,6 +65,10 @@ class LearnerWorker(Learner):
     def __init__(self, cfg: TrainConfig, *args, **kwargs) -> None:
         _use_all_cores(resolve_device(cfg.trainer.device))
         super().__init__(cfg, *args, **kwargs)
+
+    def packed_weights(self) -> PackedWeights:
+        """The full weights for the rollout workers (on rank 0; empty elsewhere)."""
+        return PackedWeights.pack(self.full_state_dict())
 
 
 class RewardScorer(GroupScorer):

@@ -138,7 +138,7 @@ class Trainer:
 
     def _sync(self) -> dict[str, float]:
         """Full weights from the learners to every rollout worker through the object store."""
-        refs = [learner.full_state_dict.remote() for learner in self.graph.learners]
+        refs = [learner.packed_weights.remote() for learner in self.graph.learners]
         self.weight_version += 1
         # Rank 0's result holds the weights; the put happens once, every worker reads it.
         self.weights_ref = refs[0]
