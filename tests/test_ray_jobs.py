@@ -53,23 +53,34 @@ def submit() -> Iterator:
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard, agent, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(6))
     # Its own temp dir: `ray start` records its address in <temp>/ray_current_cluster, which a
     # later plain `ray.init()` on this machine would otherwise try to join after we stop it.
     # Short (unix socket paths are limited to ~107 bytes), so not under pytest's tmp_path.
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     head = subprocess.Popen(
         [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs}", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"],
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         # Free ports for the node's agents too: the defaults (52365 for the agent that runs jobs)
+         # may be held by the session's own Ray instance, and a head whose agent cannot bind
+         # answers every submission with "No available agent".
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
 
     def run(*args: str) -> subprocess.CompletedProcess:
         address = f"http://127.0.0.1:{dashboard}"
-        result = subprocess.run(
-            [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--", "python", *args],
-            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
-        )
+        deadline = time.monotonic() + 120
+        while True:
+            result = subprocess.run(
+                [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--", "python", *args],
+                env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
+            )
+            # The job server answers before the head's agent that runs jobs has registered.
+            if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "succeeded" in result.stdout
         return result
