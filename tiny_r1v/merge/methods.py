@@ -35,9 +35,18 @@ def register(name: str, elementwise: bool = False) -> Callable[[MergeFn], MergeF
     return add
 
 
+def total(taus: Tensor) -> Tensor:
+    """sum_k taus[k] as K - 1 additions: on the CPU, torch's reduction over a short leading dim
+    took several times as long (119 us vs 50 us for [3, 2^18] float32)."""
+    out = taus[0].clone()
+    for tau in taus[1:]:
+        out.add_(tau)
+    return out
+
+
 def mean(taus: Tensor) -> Tensor:
     """The `mean` treatment: the average task vector."""
-    return taus.mean(dim=0)
+    return total(taus).div_(len(taus))
 
 
 def weighted_sum(weights: Tensor, taus: Tensor) -> Tensor:
@@ -47,7 +56,7 @@ def weighted_sum(weights: Tensor, taus: Tensor) -> Tensor:
 
 @register("task_arithmetic", elementwise=True)
 def task_arithmetic(taus: Tensor, params: TaskArithmeticConfig) -> Tensor:
-    return taus.sum(dim=0).mul_(params.lam)
+    return total(taus).mul_(params.lam)
 
 
 @register("ties")

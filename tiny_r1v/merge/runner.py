@@ -1,8 +1,9 @@
 """The merge job: resolve and check the inputs, stream every tensor through its treatment, write
 the sharded checkpoint with its report and provenance into a temporary directory, rename it.
 
-Memory: one tensor from each of base + K experts at a time (plus the float32 task vectors and the
-method's working set), and the output buffer of the background writer; never a whole model.
+Memory: one tensor from each of base + K experts at a time (mapped from the page cache), the
+float32 task vectors and the method's working set, and the output buffer of the background
+writer; never a whole model.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def merge_tensor(base: Tensor, experts: Sequence[Tensor], treatment: Treatment,
     """One tensor's result (the base's dtype, on the CPU) and which experts' task vectors were used.
 
     base, experts: the stored tensors [*shape]. Task vectors are float32 on `device`; zero ones
-    are skipped (all zero: the base is returned unchanged); `mean` averages the rest and `merge`
+    are skipped (all zero: the base itself is returned); `mean` averages the rest and `merge`
     hands them, [K', *shape], to `merge_fn`. `block`: merge `block` entries at a time, as
     [K', block] slices of the flattened tensors (only for elementwise functions).
     """
@@ -67,27 +68,35 @@ def merge_tensor(base: Tensor, experts: Sequence[Tensor], treatment: Treatment,
     if not used:
         return base, []
     fn = mean if treatment == "mean" else merge_fn
-    if block is None or base.numel() <= block:
-        return _merge(base, [experts[k] for k in used], fn, device), used
-    flat = [experts[k].reshape(-1) for k in used]
     out = torch.empty_like(base)
+    if block is None or base.numel() <= block:
+        w0 = torch.empty(base.shape, dtype=torch.float32, device=device)
+        taus = torch.empty((len(used), *base.shape), dtype=torch.float32, device=device)
+        _merge_into(out, base, [experts[k] for k in used], fn, w0, taus)
+        return out, used
+    # Float32 working space allocated once and reused by every block.
+    w0 = torch.empty(block, dtype=torch.float32, device=device)
+    taus = torch.empty((len(used), block), dtype=torch.float32, device=device)
+    flat = [experts[k].reshape(-1) for k in used]
     for start, part in zip(range(0, base.numel(), block), out.view(-1).split(block), strict=True):
         stop = start + len(part)
-        part.copy_(_merge(base.reshape(-1)[start:stop], [expert[start:stop] for expert in flat], fn, device))
+        _merge_into(part, base.reshape(-1)[start:stop], [expert[start:stop] for expert in flat], fn,
+                    w0[:len(part)], taus[:, :len(part)])
     return out, used
 
 
-def _merge(base: Tensor, experts: Sequence[Tensor], fn: Callable[[Tensor], Tensor], device: torch.device) -> Tensor:
-    """W_0 + fn(task vectors) for non-zero task vectors, cast back to the base's dtype on the CPU."""
-    w0 = base.to(device, torch.float32)
-    taus = torch.empty((len(experts), *base.shape), dtype=torch.float32, device=device)
+def _merge_into(out: Tensor, base: Tensor, experts: Sequence[Tensor], fn: Callable[[Tensor], Tensor],
+                w0: Tensor, taus: Tensor) -> None:
+    """out = W_0 + fn(task vectors), for non-zero task vectors; w0 [*shape] and taus [K', *shape]
+    are float32 working space on the maths device, `out` is the result's (CPU) tensor."""
+    w0.copy_(base)
     for tau, expert in zip(taus, experts, strict=True):
-        torch.sub(expert.to(device), w0, out=tau)
+        tau.copy_(expert).sub_(w0)
     merged = fn(taus).add_(w0)  # fn returns a new tensor (or a view of our own taus)
     # One reduction instead of an elementwise test: any NaN or inf makes the sum non-finite.
     if not torch.isfinite(merged.sum()):
         raise ValueError("the merged tensor has NaN or inf entries")
-    return merged.to("cpu", base.dtype)
+    out.copy_(merged)
 
 
 def check(cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source]) -> MergePlan:
@@ -175,20 +184,22 @@ def _stream(cfg: MergeConfig, plan: MergePlan, base: CheckpointReader, experts: 
             progress: ProgressFactory) -> tuple[list[dict[str, Any]], int, int]:
     """Merge and write every tensor; returns the treatment report and the bytes read and written.
 
-    `seconds` gains `read`, `compute` and `write_wait` (time blocked on a full output buffer;
-    the rest of the writing overlaps reading and maths)."""
+    `seconds` gains `read` (mapping the inputs; with a cold page cache, the maths then waits on
+    the disk), `compute` and `write_wait` (time blocked on a full output buffer; the rest of the
+    writing overlaps reading and maths)."""
     merge_fn = functools.partial(METHODS[cfg.method], params=cfg.params())
     elementwise = cfg.method in ELEMENTWISE
     layout = {item.name: (item.info.dtype, item.info.shape) for item in plan.items}
     writer = ShardWriter(out, plan.shards, layout, cfg.buffer_mb << 20)
+    read_ahead = _ReadAhead(plan.items, base, experts, cfg.read_ahead_mb << 20)
     report, bytes_read = [], 0
     bar = progress(total=len(plan.items), desc=f"merge ({cfg.method})", unit="tensor")
     try:
-        for item in plan.items:
+        for i, item in enumerate(plan.items):
             treatment = item.assignment.treatment
             tick = started = time.perf_counter()
-            stored = base.read(item.name) if treatment != "tied" else None
-            inputs = [reader.read(item.name) for reader in experts] if treatment in ("merge", "mean") else []
+            read_ahead.advance(i)
+            stored, *inputs = [reader.read(item.name) for reader in _readers(item, base, experts)] or [None]
             bytes_read += item.info.nbytes * (len(inputs) + (stored is not None))
             seconds["read"] += (tock := time.perf_counter()) - tick
             try:
@@ -211,6 +222,43 @@ def _stream(cfg: MergeConfig, plan: MergePlan, base: CheckpointReader, experts: 
         writer.close()
         bar.close()
     return report, bytes_read, writer.total_bytes
+
+
+class _ReadAhead:
+    """Asks the kernel to read the inputs of the items after the current one, up to `budget`
+    bytes of them, so that a disk is busy while the maths runs (a tensor's own read, when the
+    maths faults its pages in, would leave the disk idle in between)."""
+
+    def __init__(self, items: Sequence[PlanItem], base: CheckpointReader, experts: Sequence[CheckpointReader],
+                 budget: int) -> None:
+        self.items, self.base, self.experts, self.budget = items, base, experts, budget
+        self.ahead = 0
+        """Items before this one have been read or asked for."""
+        self.window = 0
+        """Input bytes asked for, of items after the current one."""
+
+    def _bytes(self, item: PlanItem) -> int:
+        return item.info.nbytes * len(_readers(item, self.base, self.experts))
+
+    def advance(self, current: int) -> None:
+        """Called as item `current` is about to be read."""
+        if current < self.ahead:
+            self.window -= self._bytes(self.items[current])
+        else:
+            self.ahead = current + 1
+        while self.ahead < len(self.items) and self.window + self._bytes(self.items[self.ahead]) <= self.budget:
+            item = self.items[self.ahead]
+            for reader in _readers(item, self.base, self.experts):
+                reader.prefetch(item.name)
+            self.window += self._bytes(item)
+            self.ahead += 1
+
+
+def _readers(item: PlanItem, base: CheckpointReader, experts: Sequence[CheckpointReader]) -> list[CheckpointReader]:
+    """Whose copies of the item its treatment reads: the base's (unless tied), then the experts'
+    (for `merge` and `mean`)."""
+    treatment = item.assignment.treatment
+    return ([] if treatment == "tied" else [base]) + (list(experts) if treatment in ("merge", "mean") else [])
 
 
 def _report_entry(item: PlanItem, used: list[str], seconds: float) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Streaming safetensors I/O: read one tensor at a time, write planned shards, copy the rest.
 
-Reading parses each shard's header and `pread`s a tensor's bytes straight into a fresh buffer:
-no memory map, so the process holds only the tensors it is using (a mapped shard's touched pages
-would count towards its memory until unmapped). Writing lays each shard's header out from the
-plan and appends tensors as they come, in a background thread, holding a bounded buffer.
+Reading parses each shard's header and maps one tensor's bytes at a time: no copy (the maths
+reads the page cache), and the mapping goes when the last tensor using it does, so the process
+holds only the tensors it is using (a whole mapped shard's touched pages would count towards its
+memory until unmapped). `prefetch` asks the kernel to read a tensor ahead, in the background.
+Writing lays each shard's header out from the plan and appends tensors as they come, in a
+background thread, holding a bounded buffer.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import shutil
 import struct
@@ -96,19 +99,32 @@ class CheckpointReader:
     def config(self) -> dict:
         return json.loads((self.dir / "config.json").read_text())
 
-    def read(self, tensor: str) -> torch.Tensor:
-        """The stored tensor (CPU, stored dtype and shape)."""
-        info = self.tensors[tensor]
+    def _fd(self, info: TensorInfo) -> int:
         if info.file not in self._fds:
             self._fds[info.file] = os.open(info.file, os.O_RDONLY)
-        out = torch.empty(info.nbytes, dtype=torch.uint8)
-        view, done = memoryview(out.numpy()), 0
-        while done < info.nbytes:  # one call reads at most about 2 GiB
-            n = os.preadv(self._fds[info.file], [view[done:]], info.start + done)
-            if n == 0:
-                raise MergeError(f"{self.name}: {info.file} ends inside tensor {tensor!r}")
-            done += n
-        return out.view(info.dtype).reshape(info.shape)
+        return self._fds[info.file]
+
+    def read(self, tensor: str) -> torch.Tensor:
+        """The stored tensor (CPU, stored dtype and shape), mapped from its file.
+
+        Private copy-on-write mapping: reading costs no copy, writing to the tensor changes only
+        this process's pages, never the file. Unmapped once no tensor uses it."""
+        info = self.tensors[tensor]
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=info.dtype)
+        fd = self._fd(info)
+        if os.fstat(fd).st_size < info.start + info.nbytes:
+            raise MergeError(f"{self.name}: {info.file} ends inside tensor {tensor!r}")
+        skip = info.start % mmap.ALLOCATIONGRANULARITY  # a mapping starts on a page boundary
+        mapped = mmap.mmap(fd, skip + info.nbytes, access=mmap.ACCESS_COPY, offset=info.start - skip)
+        # The tensor holds a reference to the mapping, which is unmapped when it is collected.
+        flat = torch.frombuffer(mapped, dtype=torch.uint8, count=info.nbytes, offset=skip)
+        return flat.view(info.dtype).reshape(info.shape)
+
+    def prefetch(self, tensor: str) -> None:
+        """Start reading the tensor's bytes into the page cache (returns at once)."""
+        info = self.tensors[tensor]
+        os.posix_fadvise(self._fd(info), info.start, info.nbytes, os.POSIX_FADV_WILLNEED)
 
     def close(self) -> None:
         for fd in self._fds.values():
