@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(cfg.model.path).is_dir():
             raise ConfigError(("model.path", f"no model directory at {cfg.model.path}"))
         data = cfg.data
-        examples = load_examples(
-            data.train_files, min_pixels=data.min_pixels, max_pixels=data.max_pixels, task=data.task
+        examples, val_examples = (
+            load_examples(files, min_pixels=data.min_pixels, max_pixels=data.max_pixels, task=data.task)
+            if files else []
+            for files in (data.train_files, data.val_files)
         )
     except (ConfigError, DatasetError) as err:
         print(f"{args.config}: {err}", file=sys.stderr)
@@ -53,14 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     from tiny_r1v.trainer.metrics import read_metrics, trend
 
     ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-    trainer = Trainer(cfg, examples, resume=args.resume)
+    trainer = Trainer(cfg, examples, resume=args.resume, val_examples=val_examples)
     try:
         trainer.run()
     finally:
         trainer.shutdown()
     print(f"done: {trainer.step} steps; metrics and checkpoints in {run_dir(cfg)}")
     if (metrics := run_dir(cfg) / "metrics.jsonl").is_file():
-        print(trend(read_metrics(metrics)))
+        rows = read_metrics(metrics)
+        print(trend([row for row in rows if "reward/mean" in row]))
+        if validations := [row for row in rows if "val/samples" in row]:
+            print("validation (greedy):", trend(validations, ("val/reward/accuracy", "val/length/mean"), window=1))
     return 0
 
 

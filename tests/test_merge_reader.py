@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from tiny_r1v.merge import MergeError
 from tiny_r1v.merge.plan import build_plan
-from tiny_r1v.merge.runner import _readers, _ReadAhead
+from tiny_r1v.merge.runner import _ReadAhead, _readers
 from tiny_r1v.merge.safetensors_io import CheckpointReader
 from tiny_r1v.merge.synthetic import lm_shapes, write_checkpoint
 
@@ -63,7 +63,7 @@ def test_read_ahead_asks_for_each_tensor_once_within_budget(checkpoints, monkeyp
     for reader in (base, *experts):
         monkeypatch.setattr(reader, "prefetch", lambda name, who=reader.name: asked.append((who, name)))
     read_ahead = _ReadAhead(plan.items, base, experts, budget)
-    for i, item in enumerate(plan.items):
+    for i in range(len(plan.items)):
         read_ahead.advance(i)
         pending = [it.name for it in plan.items[i + 1:read_ahead.ahead]]
         assert sum(nbytes[name] for name in pending) == read_ahead.window <= budget

@@ -55,6 +55,18 @@ def test_groups_logprobs_and_lengths(engine, prompts, tiny_config):
     assert [c.token_ids for c in engine.generate(prompts, seed=1)] != [c.token_ids for c in completions]
 
 
+def test_greedy_gives_one_argmax_response_per_prompt(engine, prompts, tiny_config):
+    greedy = engine.generate(prompts, seed=5, greedy=True)
+    assert [c.uid for c in greedy] == [p.uid for p in prompts]  # n = 1 whatever rollout.n is
+    # Seeds change nothing, and the first token is the most likely one: no sampled response
+    # starts with a likelier token.
+    assert [c.token_ids for c in engine.generate(prompts, seed=6, greedy=True)] == [c.token_ids for c in greedy]
+    sampled = engine.generate(prompts, seed=0)
+    for c in greedy:
+        first = [s for s in sampled if s.uid == c.uid]
+        assert all(s.logprobs[0] <= c.logprobs[0] + 1e-5 for s in first)
+
+
 def test_weight_reload_takes_effect_and_advances_version(engine, prompts, tiny_model_dir):
     original = load_file(tiny_model_dir / "model.safetensors")
     before = engine.generate(prompts, seed=0)

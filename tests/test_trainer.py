@@ -21,6 +21,8 @@ from tiny_r1v.trainer.driver import Trainer, run_dir
 pytestmark = pytest.mark.vllm
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "yellow": (220, 220, 40)}
+VAL_METRICS = ["val/samples", "val/reward/mean", "val/reward/accuracy", "val/reward/format", "val/length/mean",
+               "val/length/clip_frac", "time/validation"]
 METRICS = [
     "reward/mean", "reward/accuracy", "reward/format", "reward/timeouts", "reward/errors",
     "length/mean", "length/p50", "length/p90", "length/clip_frac",
@@ -47,6 +49,7 @@ def make_config(model_dir: Path, data: Path, out: Path, **overrides) -> TrainCon
     settings = {
         "model.path": str(model_dir),
         "data.train_files": f"[{data}]",
+        "data.val_files": f"[{data}]",
         "data.task": "vqa",
         "rollout.n": 2,
         "rollout.max_response_length": 12,
@@ -58,6 +61,8 @@ def make_config(model_dir: Path, data: Path, out: Path, **overrides) -> TrainCon
         "trainer.total_steps": 3,
         "trainer.save_freq": 1,
         "trainer.save_limit": 2,
+        "trainer.val_freq": 2,
+        "trainer.val_before_train": "true",
         "trainer.output_dir": str(out),
         "trainer.loggers": "[jsonl, tensorboard]",
         **overrides,
@@ -65,8 +70,13 @@ def make_config(model_dir: Path, data: Path, out: Path, **overrides) -> TrainCon
     return load_config(TrainConfig, "configs/quickstart.yaml", [f"{k}={v}" for k, v in settings.items()])
 
 
-def examples_of(cfg: TrainConfig):
-    return load_examples(cfg.data.train_files, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+def examples_of(cfg: TrainConfig, files: tuple[str, ...] | None = None):
+    return load_examples(cfg.data.train_files if files is None else files,
+                         min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+
+
+def trainer_of(cfg: TrainConfig, resume: bool = False) -> Trainer:
+    return Trainer(cfg, examples_of(cfg), resume=resume, val_examples=examples_of(cfg, cfg.data.val_files))
 
 
 class Interrupted(Exception):
@@ -79,7 +89,7 @@ def interrupted_run(ray_local, tiny_model_dir, tmp_path_factory):
     it) and the driver dies after step 2."""
     tmp = tmp_path_factory.mktemp("trainer")
     cfg = make_config(tiny_model_dir, write_dataset(tmp / "data"), tmp / "out")
-    trainer = Trainer(cfg, examples_of(cfg))
+    trainer = trainer_of(cfg)
 
     def faults(trainer: Trainer, step: int, metrics: dict) -> None:
         if step == 1:
@@ -96,8 +106,10 @@ def interrupted_run(ray_local, tiny_model_dir, tmp_path_factory):
     return cfg, trainer, versions
 
 
-def read_metrics(cfg: TrainConfig) -> list[dict]:
-    return [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+def read_metrics(cfg: TrainConfig, validation: bool = False) -> list[dict]:
+    """The training steps' rows (with `validation`: only the rows with validation metrics)."""
+    rows = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if ("val/samples" if validation else "reward/mean") in row]
 
 
 def test_iterations_log_every_metric_and_sync_weights(interrupted_run, tiny_model_dir):
@@ -116,6 +128,18 @@ def test_iterations_log_every_metric_and_sync_weights(interrupted_run, tiny_mode
     assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
 
 
+def test_validation_runs_before_training_every_val_freq_steps_and_at_the_end(interrupted_run):
+    cfg, _, _ = interrupted_run
+    rows = read_metrics(cfg, validation=True)
+    assert [row["step"] for row in rows] == [0, 2]  # the interrupted run: start weights, step 2
+    for row in rows:
+        assert all(key in row for key in VAL_METRICS)
+        assert row["val/samples"] == len(COLOURS)  # one greedy response per validation prompt
+        assert 0 <= row["val/reward/accuracy"] <= 1 and 0 <= row["val/reward/format"] <= 1
+        assert 0 < row["val/length/mean"] <= cfg.rollout.max_response_length
+    assert "reward/mean" not in rows[0]  # step 0 holds validation only
+
+
 def test_killed_rollout_worker_is_restarted_with_current_weights(interrupted_run):
     cfg, _, versions = interrupted_run
     rows = read_metrics(cfg)
@@ -126,7 +150,7 @@ def test_killed_rollout_worker_is_restarted_with_current_weights(interrupted_run
 
 def test_resume_continues_without_repeating_or_losing_steps(interrupted_run):
     cfg, _, _ = interrupted_run
-    trainer = Trainer(cfg, examples_of(cfg), resume=True)
+    trainer = trainer_of(cfg, resume=True)
     try:
         assert trainer.step == 2 and trainer.weight_version == 2
         trainer.run()
@@ -135,6 +159,8 @@ def test_resume_continues_without_repeating_or_losing_steps(interrupted_run):
         trainer.shutdown()
     assert trainer.step == 3 and versions == [3]
     assert [row["step"] for row in read_metrics(cfg)] == [1, 2, 3]
+    # The resumed run validates after its last step only (the start weights were validated).
+    assert [row["step"] for row in read_metrics(cfg, validation=True)] == [0, 2, 3]
     checkpoints = sorted(p.name for p in (run_dir(cfg) / "checkpoints").iterdir())
     assert checkpoints == ["step-000002", "step-000003"]  # save_limit 2
 

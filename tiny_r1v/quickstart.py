@@ -5,12 +5,13 @@ warm-started one (`configs/quickstart.yaml`, the default): it writes, under
 `outputs/quickstart-assets/` (skipping what already exists),
 
 - `base-model/`: the tiny random Qwen2.5-VL (`tiny_r1v.models.tiny`);
-- `data/train.jsonl`: scikit-learn's handwritten digits as "read the digit" OCR prompts;
+- `data/train.jsonl`: scikit-learn's handwritten digits as "read the digit" OCR prompts, and
+  `data/test.jsonl`: held-out digits (scikit-learn's test split) for validation;
 - `warm-model/`: the base after a short supervised warm start (`tiny_r1v.warmstart`) that
   teaches the answer format with verbose reasoning of varying length, so RL starts from a
   policy that earns reward and has length to lose.
 
-`configs/quickstart.yaml` points at `warm-model/` and `data/train.jsonl`.
+`configs/quickstart.yaml` points at `warm-model/`, `data/train.jsonl` and `data/test.jsonl`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tiny_r1v.config.train import TrainConfig
 
 ASSETS = Path("outputs/quickstart-assets")
 EXAMPLES = 256
+VAL_EXAMPLES = 64
 WARM_START_STEPS = 400
 
 
@@ -46,6 +48,10 @@ def prepare(root: Path = ASSETS, *, min_pixels: int, max_pixels: int, seed: int 
         print(f"quickstart: writing {EXAMPLES} digit images to {data}")
         with DatasetWriter(data, split="train", prefix="digits") as writer:
             digits(writer, split="train", limit=EXAMPLES, seed=seed)
+    if not (data / "test.jsonl").is_file():
+        print(f"quickstart: writing {VAL_EXAMPLES} held-out digit images to {data}")
+        with DatasetWriter(data, split="test", prefix="digits") as writer:
+            digits(writer, split="test", limit=VAL_EXAMPLES, seed=seed)
     if not (warm / "config.json").is_file():
         print(f"quickstart: warm start ({WARM_START_STEPS} supervised steps, a few minutes on CPU)")
         examples = load_examples([data / "train.jsonl"], min_pixels=min_pixels, max_pixels=max_pixels)

@@ -71,7 +71,7 @@ class DataConfig(PromptConfig):
     train_files: tuple[str, ...] = field(kw_only=True)
     """Training data files (JSONL or Parquet)."""
     val_files: tuple[str, ...] = ()
-    """Validation data files; empty skips validation."""
+    """Validation data files, decoded greedily (see trainer.val_freq); empty: no validation."""
     task: Task = "math"
     """Task family: selects the accuracy reward (SPEC §1) and the LIPO `xi` default."""
     shuffle: bool = True
@@ -266,6 +266,11 @@ class TrainerConfig:
     """Save a checkpoint every this many iterations; 0 saves only at the end."""
     save_limit: int = 3
     """Checkpoints kept (the newest)."""
+    val_freq: int = 0
+    """Validate on data.val_files every this many iterations and after the last; 0: after the
+    last only."""
+    val_before_train: bool = False
+    """Also validate the start weights before the first iteration (logged as step 0)."""
     output_dir: str = "outputs"
     """Root directory of checkpoints and logs."""
     project_name: str = "tiny-r1v"
@@ -284,6 +289,7 @@ class TrainerConfig:
         _positive("total_steps", self.total_steps)
         _at_least("save_freq", self.save_freq, 0)
         _positive("save_limit", self.save_limit)
+        _at_least("val_freq", self.val_freq, 0)
         _not_empty("output_dir", self.output_dir)
         _not_empty("project_name", self.project_name)
         _not_empty("experiment_name", self.experiment_name)

@@ -65,10 +65,13 @@ class RolloutEngine:
             logprobs=0,  # just the sampled token's log-prob
             detokenize=False,  # the scorer decodes; token ids are what the learner needs
         )
+        # Validation, as verl's default: one greedy response per prompt.
+        self.greedy = SamplingParams(n=1, temperature=0.0, max_tokens=rollout.max_response_length, logprobs=0,
+                                     detokenize=False)
         self.weight_version = 0
 
-    def generate(self, prompts: Sequence[Prompt], seed: int | None = None) -> list[Completion]:
-        """``rollout.n`` completions per prompt, grouped in prompt order.
+    def generate(self, prompts: Sequence[Prompt], seed: int | None = None, greedy: bool = False) -> list[Completion]:
+        """``rollout.n`` completions per prompt (one greedy one with ``greedy``), grouped in prompt order.
 
         Args:
             seed: makes the batch's sampling reproducible (each prompt gets ``seed + index``).
@@ -77,8 +80,8 @@ class RolloutEngine:
             {"prompt": p.text, "multi_modal_data": {"image": list(p.images)}} if p.images else {"prompt": p.text}
             for p in prompts
         ]
-        params = self.sampling
-        if seed is not None:
+        params = self.greedy if greedy else self.sampling
+        if seed is not None and not greedy:
             params = [params.clone() for _ in prompts]
             for index, item in enumerate(params):
                 item.seed = seed + index

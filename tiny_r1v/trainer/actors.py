@@ -46,8 +46,8 @@ class RolloutWorker:
         self.engine = RolloutEngine(build_llm(engine_cfg), cfg)
         self.engine.weight_version = weight_version
 
-    def generate(self, prompts: Sequence[Prompt], seed: int) -> list[Completion]:
-        return self.engine.generate(prompts, seed=seed)
+    def generate(self, prompts: Sequence[Prompt], seed: int, greedy: bool = False) -> list[Completion]:
+        return self.engine.generate(prompts, seed=seed, greedy=greedy)
 
     def load_weights(self, weights: PackedWeights, version: int) -> dict[str, float]:
         """Load new weights; returns the seconds it took and the bytes received."""

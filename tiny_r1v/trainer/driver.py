@@ -3,7 +3,8 @@
 One step: prompts → rollout workers (G samples each) → reward scorer (rewards, LIPO or GRPO
 advantages) → learner ranks (old/ref log-probs, PPO updates) → weight sync to every rollout
 worker. Every phase is timed; metrics go to the configured sinks; checkpoints are written every
-``trainer.save_freq`` steps and at the end.
+``trainer.save_freq`` steps and at the end; the validation set is decoded greedily every
+``trainer.val_freq`` steps and at the end.
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ def _chunks(items: Sequence, parts: int) -> list[Sequence]:
 class Trainer:
     """Runs LIPO/GRPO training steps on an actor graph (Ray must be initialised)."""
 
-    def __init__(self, cfg: TrainConfig, examples: Sequence[Example], resume: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, examples: Sequence[Example], resume: bool = False,
+                 val_examples: Sequence[Example] = ()) -> None:
         self.cfg = cfg
         self.examples = examples
+        self.val_examples = val_examples
         self.run_dir = run_dir(cfg)
         self.processor = AutoProcessor.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         found = checkpoint.latest(self.run_dir) if resume else None
@@ -83,25 +86,28 @@ class Trainer:
     def _prompts(self, step: int) -> tuple[list[Prompt], dict[str, Reference]]:
         data = self.cfg.data
         indices = step_indices(len(self.examples), self.cfg.trainer.rollout_batch_size, step, data.seed, data.shuffle)
+        # Unique within the step even when a batch spans two epochs and repeats an example.
+        return self._prompts_of([(f"{step}:{slot}", self.examples[index]) for slot, index in enumerate(indices)])
+
+    def _prompts_of(self, keyed: Sequence[tuple[str, Example]]) -> tuple[list[Prompt], dict[str, Reference]]:
+        """Prompts (uid: key + the example's uid) and what their completions are scored against."""
         prompts, references = [], {}
-        for slot, index in enumerate(indices):
-            example = self.examples[index]
-            # Unique within the step even when a batch spans two epochs and repeats an example.
-            uid = f"{step}:{slot}:{example.uid}"
+        for key, example in keyed:
+            uid = f"{key}:{example.uid}"
             text = self.processor.apply_chat_template(
-                build_messages(example, data.prompt_format), add_generation_prompt=True, tokenize=False
+                build_messages(example, self.cfg.data.prompt_format), add_generation_prompt=True, tokenize=False
             )
             prompts.append(Prompt(uid=uid, text=text, images=tuple(example.load_images())))
             references[uid] = Reference(task=example.task, answer=example.answer)
         return prompts, references
 
-    def _rollout(self, prompts: list[Prompt], step: int) -> tuple[list[Completion], int]:
+    def _rollout(self, prompts: list[Prompt], step: int, greedy: bool = False) -> tuple[list[Completion], int]:
         """Completions of every prompt, each from the current weights; returns the restarts needed."""
         chunks = _chunks(prompts, len(self.graph.rollouts))
         # Prompt j of the step samples with seed + step * batch + j, however the batch is split.
         seeds = [self.cfg.rollout.seed + step * len(prompts) + i * len(chunks[0]) for i in range(len(chunks))]
         workers = self.graph.rollouts
-        pending = {i: workers[i].generate.remote(chunks[i], seeds[i]) for i in range(len(chunks))}
+        pending = {i: workers[i].generate.remote(chunks[i], seeds[i], greedy) for i in range(len(chunks))}
         results: dict[int, list[Completion]] = {}
         restarts = 0
         while pending:
@@ -121,7 +127,7 @@ class Trainer:
             restarts += 1
             if restarts > _MAX_ROLLOUT_RETRIES:
                 raise RuntimeError(f"rollout workers failed {restarts} times in step {step}; giving up")
-            pending[index] = worker.generate.remote(chunks[index], seeds[index])
+            pending[index] = worker.generate.remote(chunks[index], seeds[index], greedy)
         return [c for i in range(len(chunks)) for c in results[i]], restarts
 
     def _train(self, samples: list[TrainSample]) -> dict[str, float]:
@@ -148,6 +154,14 @@ class Trainer:
             "sync/bytes": loads[0]["bytes"],
             "sync/load_seconds": max(load["seconds"] for load in loads),
         }
+
+    def validate(self) -> dict[str, float]:
+        """Greedy completions of the validation set from the current weights, scored (`val/*`)."""
+        start = time.perf_counter()
+        prompts, references = self._prompts_of([(f"val:{i}", example) for i, example in enumerate(self.val_examples)])
+        completions, _ = self._rollout(prompts, self.step, greedy=True)
+        metrics = ray.get(self.graph.scorer.validate.remote(completions, references))
+        return {**metrics, "time/validation": time.perf_counter() - start}
 
     # ------------------------------------------------------------------ loop
 
@@ -193,11 +207,16 @@ class Trainer:
             "rollout/restarts": float(restarts),
             "rollout/weight_version": float(self.weight_version),
         }
+        if self._due(self.cfg.trainer.val_freq) and self.val_examples:
+            metrics.update(self.validate())
         self.metrics.log(self.step, metrics)
-        freq = self.cfg.trainer.save_freq
-        if self.step == self.cfg.trainer.total_steps or (freq and self.step % freq == 0):
+        if self._due(self.cfg.trainer.save_freq):
             self.save()
         return metrics
+
+    def _due(self, freq: int) -> bool:
+        """Whether a thing done every `freq` steps (0: at the end only) is due after this step."""
+        return self.step == self.cfg.trainer.total_steps or (freq > 0 and self.step % freq == 0)
 
     def save(self) -> Path:
         """Write a complete checkpoint of the current step."""
@@ -214,6 +233,8 @@ class Trainer:
     def run(self, on_step_end: StepHook | None = None) -> None:
         """Train until ``trainer.total_steps``; ``on_step_end(trainer, step, metrics)`` after each step."""
         try:
+            if self.cfg.trainer.val_before_train and self.val_examples and self.step == 0:
+                self.metrics.log(0, self.validate(), advance=False)
             while self.step < self.cfg.trainer.total_steps:
                 metrics = self.train_step()
                 if on_step_end is not None:

@@ -12,7 +12,11 @@ from ray.util.metrics import Gauge
 from tqdm import tqdm
 
 # Shown on the progress bar; everything goes to the files and the dashboard.
-_HEADLINE = ("reward/mean", "reward/accuracy", "length/mean", "time/step")
+_HEADLINE = ("reward/mean", "reward/accuracy", "length/mean", "time/step", "val/reward/accuracy")
+
+
+def _short(key: str) -> str:
+    return ("val_" if key.startswith("val/") else "") + key.split("/")[-1]
 
 
 def trend(rows: Sequence[Mapping[str, float]], keys: Sequence[str] = ("reward/mean", "length/mean"),
@@ -66,8 +70,9 @@ class MetricsLogger:
         self.bar = tqdm(total=total_steps, initial=start_step, desc=experiment, disable="console" not in loggers)
         self.gauges: dict[str, Gauge] = {}
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Record ``metrics`` of training step ``step`` (1-based)."""
+    def log(self, step: int, metrics: dict[str, float], advance: bool = True) -> None:
+        """Record ``metrics`` of training step ``step`` (1-based; 0: before training, as
+        validation of the start weights, with ``advance=False``: no step on the progress bar)."""
         if self.jsonl is not None:
             self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
             self.jsonl.flush()
@@ -80,8 +85,8 @@ class MetricsLogger:
                 if key not in self.gauges:
                     self.gauges[key] = Gauge(_gauge_name(key), description=key, tag_keys=("experiment",))
                 self.gauges[key].set(value, tags={"experiment": self.experiment})
-        self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in _HEADLINE if k in metrics})
-        self.bar.update(1)
+        self.bar.set_postfix({_short(k): f"{metrics[k]:.3g}" for k in _HEADLINE if k in metrics})
+        self.bar.update(int(advance))
 
     def close(self) -> None:
         """Flush and close the sinks."""

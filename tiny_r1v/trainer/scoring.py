@@ -17,7 +17,7 @@ from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from tiny_r1v.algorithms import lipo_advantage
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.protocol import Completion
-from tiny_r1v.rewards import ScoreRequest, ScorerPool
+from tiny_r1v.rewards import Score, ScoreRequest, ScorerPool
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,10 @@ class GroupScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         self.pool = ScorerPool(cfg.reward.num_workers, cfg.reward.timeout_s)
 
-    def score(self, completions: Sequence[Completion], references: Mapping[str, Reference]) -> ScoredBatch:
-        """Rewards (SPEC §1) and advantages (SPEC §2, or GRPO) of a whole iteration."""
+    def _rule_scores(
+        self, completions: Sequence[Completion], references: Mapping[str, Reference]
+    ) -> tuple[list[Score], torch.Tensor, dict[str, float]]:
+        """Rule-based scores (SPEC §1), response lengths and their metrics."""
         texts = self.tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
         requests = [
             ScoreRequest(
@@ -71,18 +73,23 @@ class GroupScorer:
         ]
         scores = self.pool.score_batch(requests)
         stats = self.pool.reset_stats()
-        rewards = torch.tensor([s.total for s in scores], dtype=torch.float32)
-        accuracy = torch.tensor([s.accuracy for s in scores], dtype=torch.float32)
         lengths = torch.tensor([len(c.token_ids) for c in completions])
-        uids = [c.uid for c in completions]
         metrics = {
-            "reward/mean": rewards.mean().item(),
-            "reward/accuracy": accuracy.mean().item(),
+            "reward/mean": float(np.mean([s.total for s in scores])),
+            "reward/accuracy": float(np.mean([s.accuracy for s in scores])),
             "reward/format": float(np.mean([s.format for s in scores])),
             "reward/timeouts": float(stats.timeouts),
             "reward/errors": float(stats.errors),
             **length_metrics(lengths, torch.tensor([c.finish_reason == "length" for c in completions])),
         }
+        return scores, lengths, metrics
+
+    def score(self, completions: Sequence[Completion], references: Mapping[str, Reference]) -> ScoredBatch:
+        """Rewards (SPEC §1) and advantages (SPEC §2, or GRPO) of a whole iteration."""
+        scores, lengths, metrics = self._rule_scores(completions, references)
+        rewards = torch.tensor([s.total for s in scores], dtype=torch.float32)
+        accuracy = torch.tensor([s.accuracy for s in scores], dtype=torch.float32)
+        uids = [c.uid for c in completions]
         advantages = self._advantages(rewards, accuracy, lengths, uids, metrics)
         metrics.update(
             {
@@ -129,6 +136,11 @@ class GroupScorer:
             token_level_rewards=token_rewards, response_mask=mask, index=np.array(uids), config=algo
         )
         return advantages[:, 0]
+
+    def validate(self, completions: Sequence[Completion], references: Mapping[str, Reference]) -> dict[str, float]:
+        """Metrics of validation completions: `score`'s reward and length metrics, under `val/`."""
+        metrics = self._rule_scores(completions, references)[2]
+        return {"val/samples": float(len(completions)), **{f"val/{k}": v for k, v in metrics.items()}}
 
     def close(self) -> None:
         """Stop the scoring processes."""
