@@ -12,11 +12,8 @@ from ray.util.metrics import Gauge
 from tqdm import tqdm
 
 # Shown on the progress bar; everything goes to the files and the dashboard.
-_HEADLINE = ("reward/mean", "reward/accuracy", "length/mean", "time/step", "val/reward/accuracy")
-
-
-def _short(key: str) -> str:
-    return ("val_" if key.startswith("val/") else "") + key.split("/")[-1]
+_HEADLINE = {"reward/mean": "reward", "reward/accuracy": "acc", "length/mean": "len", "time/step": "s/step",
+             "val/reward/accuracy": "val_acc"}
 
 
 def trend(rows: Sequence[Mapping[str, float]], keys: Sequence[str] = ("reward/mean", "length/mean"),
@@ -85,7 +82,7 @@ class MetricsLogger:
                 if key not in self.gauges:
                     self.gauges[key] = Gauge(_gauge_name(key), description=key, tag_keys=("experiment",))
                 self.gauges[key].set(value, tags={"experiment": self.experiment})
-        self.bar.set_postfix({_short(k): f"{metrics[k]:.3g}" for k in _HEADLINE if k in metrics})
+        self.bar.set_postfix({label: f"{metrics[k]:.3g}" for k, label in _HEADLINE.items() if k in metrics})
         self.bar.update(int(advance))
 
     def close(self) -> None:
