@@ -7,7 +7,7 @@ tower, a wider and deeper language model), then measures, each as the median of 
 
 - plain copy: ``torch`` clone of every tensor of the state dict in this process (the floor);
 - object store: the state dict through Ray's object store into a task that only touches it, as
-  a dict of torch tensors (pickled) and packed into one buffer (``PackedWeights``, read in place);
+  a dict of torch tensors (pickled) and as byte arrays (``PackedWeights``, read in place);
 - sync: the driver's path: pack, ``RolloutWorker.load_weights`` (object store + vLLM's in-place reload).
 
 The goal on CPU is sync <= 2x the plain copy per GB. The FSDP gather on the learners is not
@@ -96,10 +96,11 @@ def main() -> None:
         shutil.rmtree(directory.parent, ignore_errors=True)
 
     print(f"{gigabytes:.3f} GB of float32 weights, median of {args.repeats}")
-    print(f"{'path':34s} {'seconds':>8s} {'s/GB':>8s} {'vs copy':>8s}")
+    print(f"{'path':42s} {'seconds':>8s} {'s/GB':>8s} {'vs copy':>8s}")
     for name, seconds in (("plain copy (torch clone)", copy), ("object store, torch state dict", pickled),
-                          ("object store, packed buffer", transfer), ("sync (pack + transfer + reload)", sync)):
-        print(f"{name:34s} {seconds:8.3f} {seconds / gigabytes:8.3f} {seconds / copy:8.2f}")
+                          ("object store, byte arrays (PackedWeights)", transfer),
+                          ("sync (pack + transfer + reload)", sync)):
+        print(f"{name:42s} {seconds:8.3f} {seconds / gigabytes:8.3f} {seconds / copy:8.2f}")
 
 
 if __name__ == "__main__":

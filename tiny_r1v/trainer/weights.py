@@ -1,9 +1,10 @@
-"""Weights in transit from the learners to the rollout workers: one flat byte buffer.
+"""Weights in transit from the learners to the rollout workers: one uint8 array per tensor.
 
-Ray's object store hands a numpy array to its readers as a view of its shared memory, while a
-dict of torch tensors is pickled tensor by tensor and copied out again by every reader. So rank
-0 packs its full state dict into one uint8 array (one copy, one object) and each rollout worker
-reads the tensors as views of it; vLLM's reload then copies them into its own parameters.
+Ray's object store serialises numpy arrays out of band: `ray.put` (or an actor method's return)
+copies each array's bytes once into shared memory, and every reader gets a view of them, while a
+torch tensor is pickled and copied out again by every reader. So rank 0 hands its full state dict
+over as byte views of its own tensors (no copy on its side) and each rollout worker reads the
+tensors as views of the shared memory; vLLM's reload then copies them into its own parameters.
 """
 
 from __future__ import annotations
@@ -15,44 +16,36 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# Byte alignment of every tensor in the buffer: a view of a dtype must start at a multiple of
-# its size, and 64 also keeps each tensor on its own cache lines.
-_ALIGN = 64
-
 
 @dataclass(frozen=True)
 class PackedWeights:
-    """A state dict as one buffer and where each tensor lies in it."""
+    """A state dict as byte arrays, with each tensor's dtype and shape."""
 
-    buffer: np.ndarray
-    """uint8 [nbytes]: the tensors' bytes, each at an aligned offset."""
-    entries: tuple[tuple[str, torch.dtype, tuple[int, ...], int], ...]
-    """(name, dtype, shape, byte offset) per tensor, in the state dict's order."""
+    arrays: tuple[np.ndarray, ...]
+    """uint8 [nbytes of the tensor] per tensor, in `entries` order."""
+    entries: tuple[tuple[str, torch.dtype, tuple[int, ...]], ...]
+    """(name, dtype, shape) per tensor, in the state dict's order."""
 
     @classmethod
     def pack(cls, state: Mapping[str, torch.Tensor]) -> PackedWeights:
-        entries, offset = [], 0
-        for name, tensor in state.items():
-            entries.append((name, tensor.dtype, tuple(tensor.shape), offset))
-            offset += -(-tensor.numel() * tensor.element_size() // _ALIGN) * _ALIGN
-        buffer = torch.empty(offset, dtype=torch.uint8)
-        for (_, _, _, start), tensor in zip(entries, state.values(), strict=True):
-            data = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-            buffer[start:start + data.numel()].copy_(data)
-        return cls(buffer.numpy(), tuple(entries))
+        """Byte views of `state`'s tensors (copies only of non-contiguous ones)."""
+        entries = tuple((name, tensor.dtype, tuple(tensor.shape)) for name, tensor in state.items())
+        arrays = tuple(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy() for tensor in state.values())
+        return cls(arrays, entries)
 
     @property
     def nbytes(self) -> int:
-        return self.buffer.nbytes
+        return sum(array.nbytes for array in self.arrays)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors, as views of the buffer (read-only when it came through the object store)."""
+        """The tensors, as views of the arrays (read-only when they came through the object store)."""
+        out = {}
         with warnings.catch_warnings():
             # torch warns that writes to a read-only array's tensor are undefined: nothing writes.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            data = torch.from_numpy(self.buffer)
-        out = {}
-        for name, dtype, shape, start in self.entries:
-            count = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            out[name] = data[start:start + count].view(dtype).view(shape)
+            for (name, dtype, shape), array in zip(self.entries, self.arrays, strict=True):
+                if array.size == 0:  # its stride is 0, which a dtype view refuses
+                    out[name] = torch.empty(shape, dtype=dtype)
+                else:
+                    out[name] = torch.from_numpy(array).view(dtype).view(shape)
         return out
