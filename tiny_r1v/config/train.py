@@ -149,6 +149,11 @@ class RolloutConfig(EngineConfig):
         _within("top_p", self.top_p, 0, 1, "(]")
         _positive("num_workers", self.num_workers)
         super().validate()
+        # With TP > 1 vLLM runs its model in worker processes, and the in-place weight reload
+        # hands them a tensor iterator they cannot receive; evaluation engines take TP > 1.
+        require(self.tensor_parallel_size == 1, "tensor_parallel_size",
+                f"rollout engines with tensor parallelism are not built yet (weight sync loads weights "
+                f"in-process); use more rollout.num_workers instead, got {self.tensor_parallel_size}")
 
 
 @dataclass(frozen=True)
