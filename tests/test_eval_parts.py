@@ -33,9 +33,11 @@ def record(tokens: int, accuracy: float, fmt: float = 1.0, finish: str = "stop",
 
 
 def test_summarize_counts_by_hand():
-    rows = [record(10, 1.0), record(20, 0.0, fmt=0.0), record(40, 0.5, finish="length"), record(30, 1.0)]
+    # Three prompts: x answered on its second sample, y never (0.5 is not an exact answer), z at once.
+    rows = [record(10, 0.0, uid="x"), record(20, 1.0, fmt=0.0, uid="x"), record(40, 0.5, finish="length", uid="y"),
+            record(30, 1.0, uid="z")]
     s = summarize("m", "b", rows)
-    assert s == Summary(model="m", benchmark="b", samples=4, accuracy=2.5 / 4, format=0.75,
+    assert s == Summary(model="m", benchmark="b", samples=4, accuracy=2.5 / 4, pass_at_k=2 / 3, format=0.75,
                         mean_tokens=25.0, median_tokens=25.0, truncated=0.25)
 
 
@@ -49,7 +51,7 @@ def test_average_is_unweighted_over_benchmarks():
     small = summarize("m", "s", [record(10, 1.0)])
     large = summarize("m", "l", [record(30, 0.0, finish="length")] * 3)
     avg = average("m", [small, large])
-    assert avg == Summary(model="m", benchmark=AVERAGE, samples=4, accuracy=0.5, format=1.0,
+    assert avg == Summary(model="m", benchmark=AVERAGE, samples=4, accuracy=0.5, pass_at_k=0.5, format=1.0,
                           mean_tokens=20.0, median_tokens=20.0, truncated=0.5)
 
 
@@ -67,10 +69,10 @@ def test_table_orders_models_then_benchmarks_then_average():
 # ------------------------------------------------------------------ formats
 
 ROWS = [
-    Summary("base", "math", 2, 0.5, 1.0, 12.5, 12.5, 0.0),
-    Summary("base", AVERAGE, 2, 0.5, 1.0, 12.5, 12.5, 0.0),
-    Summary("lipo", "math", 2, 0.75, 0.5, 8.0, 7.0, 0.5),
-    Summary("lipo", AVERAGE, 2, 0.75, 0.5, 8.0, 7.0, 0.5),
+    Summary("base", "math", 2, 0.5, 1.0, 1.0, 12.5, 12.5, 0.0),
+    Summary("base", AVERAGE, 2, 0.5, 1.0, 1.0, 12.5, 12.5, 0.0),
+    Summary("lipo", "math", 2, 0.75, 0.5, 0.5, 8.0, 7.0, 0.5),
+    Summary("lipo", AVERAGE, 2, 0.75, 0.5, 0.5, 8.0, 7.0, 0.5),
 ]
 
 
@@ -81,19 +83,20 @@ def test_markdown_exact():
         "|---|---:|---:|\n"
         "| base | 50.0 / 12.5 | 50.0 / 12.5 |\n"
         "| lipo | 75.0 / 8.0 | 75.0 / 8.0 |\n\n"
-        "| model | benchmark | samples | accuracy (%) | format (%) | mean tokens | median tokens | truncated (%) |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|\n"
-        "| base | math | 2 | 50.0 | 100.0 | 12.5 | 12.5 | 0.0 |\n"
-        "| base | average | 2 | 50.0 | 100.0 | 12.5 | 12.5 | 0.0 |\n"
-        "| lipo | math | 2 | 75.0 | 50.0 | 8.0 | 7.0 | 50.0 |\n"
-        "| lipo | average | 2 | 75.0 | 50.0 | 8.0 | 7.0 | 50.0 |\n"
+        "| model | benchmark | samples | accuracy (%) | pass@k (%) | format (%) | mean tokens | median tokens "
+        "| truncated (%) |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| base | math | 2 | 50.0 | 100.0 | 100.0 | 12.5 | 12.5 | 0.0 |\n"
+        "| base | average | 2 | 50.0 | 100.0 | 100.0 | 12.5 | 12.5 | 0.0 |\n"
+        "| lipo | math | 2 | 75.0 | 50.0 | 50.0 | 8.0 | 7.0 | 50.0 |\n"
+        "| lipo | average | 2 | 75.0 | 50.0 | 50.0 | 8.0 | 7.0 | 50.0 |\n"
     )
 
 
 def test_csv_and_json_round_trip_the_rows():
     parsed = list(csv.DictReader(io.StringIO(csv_text(ROWS))))
     assert [Summary(r["model"], r["benchmark"], int(r["samples"]), *(float(r[k]) for k in (
-        "accuracy", "format", "mean_tokens", "median_tokens", "truncated"))) for r in parsed] == ROWS
+        "accuracy", "pass_at_k", "format", "mean_tokens", "median_tokens", "truncated"))) for r in parsed] == ROWS
     payload = json.loads(json.dumps(json_payload(ROWS, {"seed": 1})))
     assert payload["settings"] == {"seed": 1}
     assert [Summary(**row) for row in payload["rows"]] == ROWS

@@ -109,6 +109,8 @@ def hand_count(samples: Sequence[dict]) -> dict[str, float]:
     return {
         "samples": len(samples),
         "accuracy": sum(s["reward"]["accuracy"] for s in samples) / len(samples),
+        "pass_at_k": statistics.fmean(any(s["correct"] for s in samples if s["id"] == uid)
+                                      for uid in {s["id"] for s in samples}),
         "format": sum(s["reward"]["format"] for s in samples) / len(samples),
         "mean_tokens": sum(tokens) / len(tokens),
         "median_tokens": tokens[middle] if len(tokens) % 2 else (tokens[middle - 1] + tokens[middle]) / 2,
@@ -154,8 +156,9 @@ def test_tables_equal_a_hand_count_of_the_samples(first_run):
                 assert row[key] == pytest.approx(value, abs=1e-12), (model, benchmark, key)
                 assert float(csv_rows[model, benchmark][key]) == pytest.approx(value, abs=1e-12)
             assert (f"| {model} | {benchmark} | {expected['samples']} | {100 * expected['accuracy']:.1f} "
-                    f"| {100 * expected['format']:.1f} | {expected['mean_tokens']:.1f} "
-                    f"| {expected['median_tokens']:.1f} | {100 * expected['truncated']:.1f} |") in markdown
+                    f"| {100 * expected['pass_at_k']:.1f} | {100 * expected['format']:.1f} "
+                    f"| {expected['mean_tokens']:.1f} | {expected['median_tokens']:.1f} "
+                    f"| {100 * expected['truncated']:.1f} |") in markdown
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert payload["settings"]["models"]["b"] == str(first_run["b_model"].resolve())  # the run's checkpoint
 

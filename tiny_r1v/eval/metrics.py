@@ -1,8 +1,9 @@
 """Per-sample records and the figures the table reports (pure: no I/O, no engine).
 
 Accuracy is the mean of the task's accuracy reward over every sample (all k per prompt), so for
-OCR it is the mean 1 - NED (SPEC §1), for the other tasks the share answered correctly. A model's
-`average` row is the unweighted mean of its per-benchmark figures, as papers average benchmarks.
+OCR it is the mean 1 - NED (SPEC §1), for the other tasks the share answered correctly; pass@k
+is the share of prompts with at least one correct sample among their k. A model's `average` row
+is the unweighted mean of its per-benchmark figures, as papers average benchmarks.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class Summary:
     """Responses scored (prompts x k); for the average row, the sum over benchmarks."""
     accuracy: float
     """Mean accuracy reward, in [0, 1]."""
+    pass_at_k: float
+    """Share of prompts with a correct response (OCR: an exact one) among their k samples; with
+    k = 1, the share answered correctly."""
     format: float
     """Share of responses in the requested format."""
     mean_tokens: float
@@ -73,11 +77,15 @@ def summarize(model: str, benchmark: str, records: Sequence[SampleRecord]) -> Su
     if not records:
         raise ValueError(f"no records for model {model!r} on benchmark {benchmark!r}")
     tokens = [record.tokens for record in records]
+    solved: dict[str, bool] = {}
+    for record in records:
+        solved[record.id] = solved.get(record.id, False) or record.correct
     return Summary(
         model=model,
         benchmark=benchmark,
         samples=len(records),
         accuracy=statistics.fmean(record.reward["accuracy"] for record in records),
+        pass_at_k=statistics.fmean(solved.values()),
         format=statistics.fmean(record.reward["format"] for record in records),
         mean_tokens=statistics.fmean(tokens),
         median_tokens=float(statistics.median(tokens)),
@@ -94,7 +102,7 @@ def average(model: str, rows: Sequence[Summary]) -> Summary:
         benchmark=AVERAGE,
         samples=sum(row.samples for row in rows),
         **{key: statistics.fmean(getattr(row, key) for row in rows)
-           for key in ("accuracy", "format", "mean_tokens", "median_tokens", "truncated")},
+           for key in ("accuracy", "pass_at_k", "format", "mean_tokens", "median_tokens", "truncated")},
     )
 
 

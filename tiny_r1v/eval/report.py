@@ -40,13 +40,14 @@ def markdown(rows: Sequence[Summary], settings: str) -> str:
         "|---|" + "---:|" * len(benchmarks),
         *("| " + " | ".join([model, *(cell[model, b] for b in benchmarks)]) + " |" for model in models),
         "",
-        "| model | benchmark | samples | accuracy (%) | format (%) | mean tokens | median tokens | truncated (%) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | benchmark | samples | accuracy (%) | pass@k (%) | format (%) | mean tokens | median tokens "
+        "| truncated (%) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
-            f"| {row.model} | {row.benchmark} | {row.samples} | {_percent(row.accuracy)} | {_percent(row.format)} "
-            f"| {row.mean_tokens:.1f} | {row.median_tokens:.1f} | {_percent(row.truncated)} |"
+            f"| {row.model} | {row.benchmark} | {row.samples} | {_percent(row.accuracy)} | {_percent(row.pass_at_k)} "
+            f"| {_percent(row.format)} | {row.mean_tokens:.1f} | {row.median_tokens:.1f} | {_percent(row.truncated)} |"
         )
     return "\n".join(lines) + "\n"
 
