@@ -50,3 +50,13 @@ def test_bad_dataset_row_names_file_and_row(tiny_model_dir, tmp_path):
     assert result.returncode == 2
     assert f"{data}, row 2" in result.stderr and "answer" in result.stderr
     assert "Started a local Ray instance" not in result.stderr
+
+
+def test_bad_validation_row_names_file_and_row(tiny_model_dir, tmp_path):
+    train = write_data(tmp_path / "train", [GOOD_ROW])
+    val = write_data(tmp_path / "val", [GOOD_ROW, {**GOOD_ROW, "answer": ""}])
+    result = launch(f"model.path={tiny_model_dir}", f"data.train_files=[{train}]", f"data.val_files=[{val}]",
+                    "data.task=vqa")
+    assert result.returncode == 2
+    assert f"{val}, row 2" in result.stderr and "answer" in result.stderr
+    assert "Started a local Ray instance" not in result.stderr

@@ -99,7 +99,7 @@ def test_lipo_trains_as_a_ray_job(submit, tiny_model_dir, tmp_path):
     data = write_data(tmp_path / "data", [GOOD_ROW, {**GOOD_ROW, "answer": "blue"}])
     config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     config["model"]["path"] = str(tiny_model_dir)
-    config["data"].update(train_files=[str(data)], task="vqa")
+    config["data"].update(train_files=[str(data)], val_files=[str(data)], task="vqa")
     config["rollout"].update(n=2, max_response_length=8)
     config["learner"].update(global_batch_size=2, micro_batch_size=2)
     config["trainer"].update(rollout_batch_size=2, total_steps=1, output_dir=str(tmp_path / "out"))
@@ -107,8 +107,10 @@ def test_lipo_trains_as_a_ray_job(submit, tiny_model_dir, tmp_path):
     config_path.write_text(yaml.safe_dump(config))
 
     submit(str(ROOT / "launch" / "lipo.py"), "--config", str(config_path))
-    rows = (tmp_path / "out" / "quickstart" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(row)["step"] for row in rows] == [1]
+    rows = [json.loads(row) for row in (tmp_path / "out" / "quickstart" / "metrics.jsonl").read_text().splitlines()]
+    # Validation of the start weights (step 0), then the step with its validation.
+    assert [row["step"] for row in rows] == [0, 1]
+    assert "reward/mean" in rows[1] and all(row["val/samples"] == 2 for row in rows)
 
 
 def test_amm_merges_as_a_ray_job(submit, tmp_path):
