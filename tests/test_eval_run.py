@@ -176,6 +176,36 @@ def test_greedy_outputs_repeat_on_another_engine_and_differ_across_models(first_
     assert responses["a"] != responses["b"]  # the check could tell two models apart
 
 
+def test_sampled_decoding_gives_k_seeded_samples_per_prompt_and_pass_at_k(first_run, tiny_model_dir, vllm_engine):
+    """k = 3 samples at temperature 1 on the session's engine, scored and summarised as a run does."""
+    from tiny_r1v.eval.metrics import summarize
+    from tiny_r1v.rewards import ScorerPool
+
+    def sampled(seed: int) -> EvalConfig:
+        return load_config(EvalConfig, CONFIG, [*OVERRIDES, "decoding.temperature=1.0", "decoding.n=3",
+                                                f"decoding.seed={seed}"])
+
+    cfg = sampled(7)
+    (benchmark,) = resolve_benchmarks(cfg, [str(first_run["sums"])])
+    generations = ModelEvaluator(cfg, str(tiny_model_dir), llm=vllm_engine).generate(benchmark.examples)
+    assert [(g.id, g.sample) for g in generations] == [(e.uid, k) for e in benchmark.examples for k in range(3)]
+    again = ModelEvaluator(cfg, str(tiny_model_dir), llm=vllm_engine).generate(benchmark.examples)
+    other = ModelEvaluator(sampled(8), str(tiny_model_dir), llm=vllm_engine).generate(benchmark.examples)
+    assert [g.response for g in again] == [g.response for g in generations]  # seeded
+    assert [g.response for g in other] != [g.response for g in generations]
+    assert len({g.response for g in generations}) > len(benchmark.examples)  # samples of a prompt differ
+
+    pool = ScorerPool(1, 5.0)
+    try:
+        records = eval_runner.score(pool, cfg, "a", benchmark, generations)
+    finally:
+        pool.close()
+    row = summarize("a", benchmark.name, records)
+    solved = {r.id for r in records if r.correct}
+    assert row.samples == 3 * len(benchmark.examples)
+    assert row.pass_at_k == len(solved) / len(benchmark.examples)
+
+
 def test_rerun_reuses_results_without_an_engine(first_run, monkeypatch, capsys):
     out = first_run["out"]
     files = sorted((out / "samples").rglob("*"))
