@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = read_metrics(metrics)
         print(trend([row for row in rows if "reward/mean" in row]))
         if validations := [row for row in rows if "val/samples" in row]:
-            print("validation (greedy):", trend(validations, ("val/reward/accuracy", "val/length/mean"), window=1))
+            first, last = validations[0], validations[-1]
+            print(f"validation (greedy), step {first['step']} -> {last['step']}: "
+                  f"accuracy {first['val/reward/accuracy']:.3g} -> {last['val/reward/accuracy']:.3g}, "
+                  f"length {first['val/length/mean']:.3g} -> {last['val/length/mean']:.3g}")
     return 0
 
 

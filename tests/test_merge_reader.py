@@ -4,9 +4,13 @@ once, within its byte budget."""
 
 from __future__ import annotations
 
+import json
+import os
+import struct
+
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tiny_r1v.merge import MergeError
 from tiny_r1v.merge.plan import build_plan
@@ -49,6 +53,24 @@ def test_truncated_shard_names_file_and_tensor(checkpoints):
         f.truncate(info.start + info.nbytes - 1)
     with pytest.raises(MergeError, match=f"base: .*{info.file.name} ends inside tensor '{last}'"):
         reader.read(last)
+
+
+def test_header_byte_count_must_fit_dtype_and_shape(tmp_path):
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 8]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(MergeError, match=r"tensor 'w' \(F32 \[2, 2\]\) has 8 bytes, not 16"):
+        CheckpointReader(tmp_path, "bad")
+
+
+def test_zero_size_tensor_is_not_prefetched(tmp_path, monkeypatch):
+    save_file({"empty": torch.empty(0, 4), "w": torch.ones(2)}, tmp_path / "model.safetensors")
+    reader = CheckpointReader(tmp_path, "m")
+    advised = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, start, length, advice: advised.append(length))
+    reader.prefetch("empty")  # a length of 0 would ask for the rest of the file
+    reader.prefetch("w")
+    assert advised == [8]
+    assert reader.read("empty").shape == (0, 4)
 
 
 @pytest.mark.parametrize("budget_items", [0, 1, 3, 1000])

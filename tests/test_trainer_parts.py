@@ -36,6 +36,12 @@ def test_metrics_file_is_cut_back_to_the_resumed_step(tmp_path):
     log.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["reward/mean"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    # A new run (step 0) starts the file afresh, an earlier run's step-0 validation included.
+    log = MetricsLogger(tmp_path, ["jsonl"], "x", total_steps=4, start_step=0)
+    log.log(0, {"val/samples": 2.0}, advance=False)
+    log.close()
+    assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        {"step": 0, "val/samples": 2.0}]
 
 
 def test_checkpoints_publish_atomically_and_keep_the_last(tmp_path):

@@ -208,6 +208,10 @@ def _stream(cfg: MergeConfig, plan: MergePlan, base: CheckpointReader, experts: 
                                 if stored is not None else (None, []))
             except ValueError as err:
                 raise MergeError(f"tensor {item.name!r} ({treatment}, {cfg.method}): {err}") from None
+            if result is not None and result is stored:
+                # The base itself, mapped from its file: a copy for the writer's queue frees the
+                # mapping (and the file descriptor each mapping holds) now.
+                result = result.clone()
             del stored, inputs
             seconds["compute"] += (tick := time.perf_counter()) - tock
             if result is not None:

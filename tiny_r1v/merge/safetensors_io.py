@@ -68,7 +68,11 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         begin, end = meta["data_offsets"]
         if meta["dtype"] not in _DTYPES:
             raise MergeError(f"{path}: tensor {name!r} has unsupported dtype {meta['dtype']}")
-        out[name] = TensorInfo(_DTYPES[meta["dtype"]], tuple(meta["shape"]), path, 8 + size + begin, end - begin)
+        info = TensorInfo(_DTYPES[meta["dtype"]], tuple(meta["shape"]), path, 8 + size + begin, end - begin)
+        if info.nbytes != info.dtype.itemsize * math.prod(info.shape):
+            raise MergeError(f"{path}: tensor {name!r} ({meta['dtype']} {list(info.shape)}) has "
+                             f"{info.nbytes} bytes, not {info.dtype.itemsize * math.prod(info.shape)}")
+        out[name] = info
     return out
 
 
@@ -124,7 +128,8 @@ class CheckpointReader:
     def prefetch(self, tensor: str) -> None:
         """Start reading the tensor's bytes into the page cache (returns at once)."""
         info = self.tensors[tensor]
-        os.posix_fadvise(self._fd(info), info.start, info.nbytes, os.POSIX_FADV_WILLNEED)
+        if info.nbytes:  # a length of 0 would mean "to the end of the file"
+            os.posix_fadvise(self._fd(info), info.start, info.nbytes, os.POSIX_FADV_WILLNEED)
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -166,7 +166,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def train_step(self) -> dict[str, float]:
-        """One iteration; returns its metrics (also logged)."""
+        """One iteration; returns its metrics (also logged), its validation's too when one ran."""
         step = self.step
         timings: dict[str, float] = {}
         begin = time.perf_counter()
@@ -207,11 +207,14 @@ class Trainer:
             "rollout/restarts": float(restarts),
             "rollout/weight_version": float(self.weight_version),
         }
-        if self._due(self.cfg.trainer.val_freq) and self.val_examples:
-            metrics.update(self.validate())
         self.metrics.log(self.step, metrics)
         if self._due(self.cfg.trainer.save_freq):
             self.save()
+        # After the checkpoint, so that a failing validation loses no step; a row of its own.
+        if self._due(self.cfg.trainer.val_freq) and self.val_examples:
+            validation = self.validate()
+            self.metrics.log(self.step, validation, advance=False)
+            metrics.update(validation)
         return metrics
 
     def _due(self, freq: int) -> bool:

@@ -55,21 +55,24 @@ class MetricsLogger:
         self.jsonl = None
         if "jsonl" in loggers:
             path = run_dir / "metrics.jsonl"
-            if path.exists():
-                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+            if path.exists():  # a new run (start_step 0) keeps nothing, not even an old step-0 validation
+                kept = [line for line in path.read_text().splitlines()
+                        if start_step > 0 and json.loads(line)["step"] <= start_step]
                 path.write_text("".join(line + "\n" for line in kept))
             self.jsonl = path.open("a")
         self.tensorboard = None
         if "tensorboard" in loggers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+            purge = start_step + 1 if start_step > 0 else 0
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
         self.bar = tqdm(total=total_steps, initial=start_step, desc=experiment, disable="console" not in loggers)
         self.gauges: dict[str, Gauge] = {}
+        self.headline: dict[str, str] = {}
 
     def log(self, step: int, metrics: dict[str, float], advance: bool = True) -> None:
-        """Record ``metrics`` of training step ``step`` (1-based; 0: before training, as
-        validation of the start weights, with ``advance=False``: no step on the progress bar)."""
+        """Record ``metrics`` of training step ``step`` (1-based; 0: before training). Validation
+        comes as a row of its own with ``advance=False`` (no step on the progress bar)."""
         if self.jsonl is not None:
             self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
             self.jsonl.flush()
@@ -82,7 +85,9 @@ class MetricsLogger:
                 if key not in self.gauges:
                     self.gauges[key] = Gauge(_gauge_name(key), description=key, tag_keys=("experiment",))
                 self.gauges[key].set(value, tags={"experiment": self.experiment})
-        self.bar.set_postfix({label: f"{metrics[k]:.3g}" for k, label in _HEADLINE.items() if k in metrics})
+        # Training and validation rows come separately: the bar keeps the latest of each figure.
+        self.headline.update({label: f"{metrics[k]:.3g}" for k, label in _HEADLINE.items() if k in metrics})
+        self.bar.set_postfix(self.headline)
         self.bar.update(int(advance))
 
     def close(self) -> None:
