@@ -125,10 +125,6 @@ class MergeConfig:
     """Largest output shard file in MiB (a bigger tensor gets a shard of its own)."""
     buffer_mb: int = 1024
     """Output buffer in MiB: merged tensors waiting for the background writer (at least one)."""
-    read_ahead_mb: int = 1024
-    """Input bytes (MiB) past the current tensor that the kernel is asked to read ahead
-    (posix_fadvise WILLNEED), so a disk reads while the maths runs; page cache, not the
-    process's memory. 0: off."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the per-tensor maths runs; auto = cuda when available."""
     hash_inputs: bool = True
@@ -152,7 +148,6 @@ class MergeConfig:
         require(self.output != "", "output", "must not be empty")
         require(self.shard_size_mb > 0, "shard_size_mb", f"must be > 0, got {self.shard_size_mb}")
         require(self.buffer_mb >= 0, "buffer_mb", f"must be >= 0, got {self.buffer_mb}")
-        require(self.read_ahead_mb >= 0, "read_ahead_mb", f"must be >= 0, got {self.read_ahead_mb}")
         names = [expert.name for expert in self.experts]
         for i, expert in enumerate(self.experts):
             with section(f"experts[{i}]"):

@@ -191,14 +191,12 @@ def _stream(cfg: MergeConfig, plan: MergePlan, base: CheckpointReader, experts: 
     elementwise = cfg.method in ELEMENTWISE
     layout = {item.name: (item.info.dtype, item.info.shape) for item in plan.items}
     writer = ShardWriter(out, plan.shards, layout, cfg.buffer_mb << 20)
-    read_ahead = _ReadAhead(plan.items, base, experts, cfg.read_ahead_mb << 20)
     report, bytes_read = [], 0
     bar = progress(total=len(plan.items), desc=f"merge ({cfg.method})", unit="tensor")
     try:
-        for i, item in enumerate(plan.items):
+        for item in plan.items:
             treatment = item.assignment.treatment
             tick = started = time.perf_counter()
-            read_ahead.advance(i)
             stored, *inputs = [reader.read(item.name) for reader in _readers(item, base, experts)] or [None]
             bytes_read += item.info.nbytes * (len(inputs) + (stored is not None))
             seconds["read"] += (tock := time.perf_counter()) - tick
@@ -226,36 +224,6 @@ def _stream(cfg: MergeConfig, plan: MergePlan, base: CheckpointReader, experts: 
         writer.close()
         bar.close()
     return report, bytes_read, writer.total_bytes
-
-
-class _ReadAhead:
-    """Asks the kernel to read the inputs of the items after the current one, up to `budget`
-    bytes of them, so that a disk is busy while the maths runs (a tensor's own read, when the
-    maths faults its pages in, would leave the disk idle in between)."""
-
-    def __init__(self, items: Sequence[PlanItem], base: CheckpointReader, experts: Sequence[CheckpointReader],
-                 budget: int) -> None:
-        self.items, self.base, self.experts, self.budget = items, base, experts, budget
-        self.ahead = 0
-        """Items before this one have been read or asked for."""
-        self.window = 0
-        """Input bytes asked for, of items after the current one."""
-
-    def _bytes(self, item: PlanItem) -> int:
-        return item.info.nbytes * len(_readers(item, self.base, self.experts))
-
-    def advance(self, current: int) -> None:
-        """Called as item `current` is about to be read."""
-        if current < self.ahead:
-            self.window -= self._bytes(self.items[current])
-        else:
-            self.ahead = current + 1
-        while self.ahead < len(self.items) and self.window + self._bytes(self.items[self.ahead]) <= self.budget:
-            item = self.items[self.ahead]
-            for reader in _readers(item, self.base, self.experts):
-                reader.prefetch(item.name)
-            self.window += self._bytes(item)
-            self.ahead += 1
 
 
 def _readers(item: PlanItem, base: CheckpointReader, experts: Sequence[CheckpointReader]) -> list[CheckpointReader]:

@@ -3,7 +3,7 @@
 Reading parses each shard's header and maps one tensor's bytes at a time: no copy (the maths
 reads the page cache), and the mapping goes when the last tensor using it does, so the process
 holds only the tensors it is using (a whole mapped shard's touched pages would count towards its
-memory until unmapped). `prefetch` asks the kernel to read a tensor ahead, in the background.
+memory until unmapped).
 Writing lays each shard's header out from the plan and appends tensors as they come, in a
 background thread, holding a bounded buffer.
 """
@@ -124,12 +124,6 @@ class CheckpointReader:
         # The tensor holds a reference to the mapping, which is unmapped when it is collected.
         flat = torch.frombuffer(mapped, dtype=torch.uint8, count=info.nbytes, offset=skip)
         return flat.view(info.dtype).reshape(info.shape)
-
-    def prefetch(self, tensor: str) -> None:
-        """Start reading the tensor's bytes into the page cache (returns at once)."""
-        info = self.tensors[tensor]
-        if info.nbytes:  # a length of 0 would mean "to the end of the file"
-            os.posix_fadvise(self._fd(info), info.start, info.nbytes, os.POSIX_FADV_WILLNEED)
 
     def close(self) -> None:
         for fd in self._fds.values():
