@@ -18,6 +18,7 @@ from tiny_r1v import quickstart
 from tiny_r1v.config import ConfigError, load_config
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.data import DatasetError, load_examples
+from tiny_r1v.trainer import checkpoint
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -39,19 +40,21 @@ def main(argv: list[str] | None = None) -> int:
             quickstart.prepare(min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
         if not Path(cfg.model.path).is_dir():
             raise ConfigError(("model.path", f"no model directory at {cfg.model.path}"))
+        if not args.resume:
+            checkpoint.check_fresh(checkpoint.run_dir(cfg))
         data = cfg.data
         examples, val_examples = (
             load_examples(files, min_pixels=data.min_pixels, max_pixels=data.max_pixels, task=data.task)
             if files else []
             for files in (data.train_files, data.val_files)
         )
-    except (ConfigError, DatasetError) as err:
+    except (ConfigError, DatasetError, checkpoint.ExistingRunError) as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 2
 
     import ray
 
-    from tiny_r1v.trainer.driver import Trainer, run_dir
+    from tiny_r1v.trainer.driver import Trainer
     from tiny_r1v.trainer.metrics import read_metrics, trend
 
     ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
@@ -60,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer.run()
     finally:
         trainer.shutdown()
-    print(f"done: {trainer.step} steps; metrics and checkpoints in {run_dir(cfg)}")
-    if (metrics := run_dir(cfg) / "metrics.jsonl").is_file():
+    print(f"done: {trainer.step} steps; metrics and checkpoints in {checkpoint.run_dir(cfg)}")
+    if (metrics := checkpoint.run_dir(cfg) / "metrics.jsonl").is_file():
         rows = read_metrics(metrics)
         print(trend([row for row in rows if "reward/mean" in row]))
         if validations := [row for row in rows if "val/samples" in row]:

@@ -192,7 +192,6 @@ RULES = [
     ("trainer.save_freq=-1", "trainer.save_freq: must be >= 0, got -1"),
     ("trainer.save_limit=0", "trainer.save_limit: must be > 0, got 0"),
     ("trainer.output_dir=''", "trainer.output_dir: must not be empty"),
-    ("trainer.project_name=''", "trainer.project_name: must not be empty"),
     ("trainer.experiment_name=''", "trainer.experiment_name: must not be empty"),
     # cross-section
     (

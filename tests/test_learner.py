@@ -104,12 +104,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world_size: int, port: int, model_dir: str, out: dict) -> None:
+def _rank_main(rank: int, world_size: int, port: int, model_dir: str, out: dict, overrides: dict) -> None:
     from transformers import AutoProcessor
 
     from tiny_r1v.learner.worker import Learner
 
-    cfg = learner_config(Path(model_dir), world_size)
+    cfg = learner_config(Path(model_dir), world_size, **overrides)
     samples = make_samples(AutoProcessor.from_pretrained(model_dir))
     learner = Learner(cfg, rank, world_size, "127.0.0.1", port)
     before = learner.full_state_dict()
@@ -117,19 +117,20 @@ def _rank_main(rank: int, world_size: int, port: int, model_dir: str, out: dict)
     metrics = learner.train_step(shard_for_rank(samples, rank, world_size, mini))
     after = learner.full_state_dict()
     learner.close()
+    out[f"pg_loss/{rank}"] = metrics["pg_loss"]
     if rank == 0:
         out["metrics"] = metrics
         out["before"] = before
         out["after"] = after
 
 
-def _train(model_dir: Path, world_size: int) -> dict:
+def _train(model_dir: Path, world_size: int, **overrides: str) -> dict:
     ctx = multiprocessing.get_context("spawn")
     port = _free_port()
     with ctx.Manager() as manager:
         out = manager.dict()
         procs = [
-            ctx.Process(target=_rank_main, args=(rank, world_size, port, str(model_dir), out))
+            ctx.Process(target=_rank_main, args=(rank, world_size, port, str(model_dir), out, overrides))
             for rank in range(world_size)
         ]
         for proc in procs:
@@ -141,8 +142,10 @@ def _train(model_dir: Path, world_size: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model_dir: Path) -> dict[int, dict]:
-    return {world: _train(tiny_model_dir, world) for world in (1, 2)}
+def trained(tiny_model_dir: Path) -> dict[int | str, dict]:
+    runs: dict[int | str, dict] = {world: _train(tiny_model_dir, world) for world in (1, 2)}
+    runs["micro 1"] = _train(tiny_model_dir, 1, **{"learner.micro_batch_size": "1"})
+    return runs
 
 
 def test_update_changes_weights_and_reports_metrics(trained: dict[int, dict]) -> None:
@@ -159,10 +162,22 @@ def test_update_changes_weights_and_reports_metrics(trained: dict[int, dict]) ->
     assert metrics["grad_norm"] > 0
 
 
+def test_micro_batching_changes_neither_gradient_nor_reported_loss(trained: dict[int | str, dict]) -> None:
+    # Gradient accumulation over 4 micro-batches of 1 instead of 2 of 2: the same mini-batches.
+    one, micro = trained[1], trained["micro 1"]
+    # (Weights are not compared: Adam's first step moves every weight by about lr whatever the
+    # size of its gradient, so rounding noise in near-zero vision gradients shows at full size.)
+    for key in ("pg_loss", "grad_norm"):
+        assert micro["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-4, abs=1e-7), key
+
+
 def test_two_ranks_match_one_rank(trained: dict[int, dict]) -> None:
     one, two = trained[1], trained[2]
     # The global gradient norm is computed over all ranks' shards: equal if the loss is
     # normalised over the whole mini-batch, whatever the number of ranks.
     assert two["metrics"]["grad_norm"] == pytest.approx(one["metrics"]["grad_norm"], rel=1e-4)
+    # Each rank reports its share of the mini-batch loss; the driver's mean over ranks is the loss.
+    mean = (two["pg_loss/0"] + two["pg_loss/1"]) / 2
+    assert mean == pytest.approx(one["metrics"]["pg_loss"], rel=1e-4, abs=1e-7)
     for name, weight in one["after"].items():
         torch.testing.assert_close(two["after"][name], weight, atol=2e-5, rtol=1e-4, msg=name)

@@ -55,6 +55,18 @@ def test_groups_logprobs_and_lengths(engine, prompts, tiny_config):
     assert [c.token_ids for c in engine.generate(prompts, seed=1)] != [c.token_ids for c in completions]
 
 
+def test_no_two_samples_of_a_batch_share_a_seed(engine, prompts, tiny_config):
+    # The same prompt in consecutive slots: with vLLM seeding sample k of a request s + k, seeds
+    # s + index would give slot 1's first sample the draws of slot 0's second (the same tokens).
+    n = tiny_config.rollout.n
+    assert n >= 2
+    twice = engine.generate([prompts[2], prompts[2]], seed=0)
+    samples = [c.token_ids for c in twice]
+    assert len(set(samples)) == 2 * n, samples
+    # A slot's samples depend on the call's seed and the slot alone.
+    assert [c.token_ids for c in engine.generate([prompts[2]], seed=1)] == samples[n:]
+
+
 def test_greedy_gives_one_argmax_response_per_prompt(engine, prompts, tiny_config):
     greedy = engine.generate(prompts, seed=5, greedy=True)
     assert [c.uid for c in greedy] == [p.uid for p in prompts]  # n = 1 whatever rollout.n is

@@ -16,6 +16,7 @@ from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.data import load_examples
 from tiny_r1v.protocol import Prompt
 from tiny_r1v.trainer.actors import RolloutWorker
+from tiny_r1v.trainer.checkpoint import ExistingRunError
 from tiny_r1v.trainer.driver import Trainer, run_dir
 
 pytestmark = pytest.mark.vllm
@@ -148,18 +149,33 @@ def test_killed_rollout_worker_is_restarted_with_current_weights(interrupted_run
     assert versions == [2]
 
 
+def test_a_new_run_does_not_write_over_an_earlier_runs_checkpoints(interrupted_run):
+    cfg, _, _ = interrupted_run
+    with pytest.raises(ExistingRunError, match="pass --resume"):
+        trainer_of(cfg)
+
+
 def test_resume_continues_without_repeating_or_losing_steps(interrupted_run):
     cfg, _, _ = interrupted_run
+    # The step-2 validation was cut short (it runs after step 2's checkpoint): the resumed run
+    # runs it again first.
+    path = run_dir(cfg) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows if row != read_metrics(cfg, validation=True)[-1]))
+    assert [row["step"] for row in read_metrics(cfg, validation=True)] == [0]
     trainer = trainer_of(cfg, resume=True)
     try:
         assert trainer.step == 2 and trainer.weight_version == 2
+        # Built from the configured model (what Ray rebuilds a restarted worker from), then
+        # loaded with the checkpoint's weights.
+        assert ray.get([w.weight_version.remote() for w in trainer.graph.rollouts]) == [2]
         trainer.run()
         versions = ray.get([w.weight_version.remote() for w in trainer.graph.rollouts])
     finally:
         trainer.shutdown()
     assert trainer.step == 3 and versions == [3]
     assert [row["step"] for row in read_metrics(cfg)] == [1, 2, 3]
-    # The resumed run validates after its last step only (the start weights were validated).
+    assert read_metrics(cfg)[-1]["rollout/restarts"] == 0
     assert [row["step"] for row in read_metrics(cfg, validation=True)] == [0, 2, 3]
     checkpoints = sorted(p.name for p in (run_dir(cfg) / "checkpoints").iterdir())
     assert checkpoints == ["step-000002", "step-000003"]  # save_limit 2

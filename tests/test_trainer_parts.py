@@ -36,6 +36,13 @@ def test_metrics_file_is_cut_back_to_the_resumed_step(tmp_path):
     log.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["reward/mean"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    # Validation rows kept on resume are known, so a resumed run validates only what is missing.
+    log = MetricsLogger(tmp_path, ["jsonl"], "x", total_steps=4, start_step=3)
+    assert log.validated == set()
+    log.log(3, {"val/samples": 2.0}, advance=False)
+    log.close()
+    assert MetricsLogger(tmp_path, ["jsonl"], "x", total_steps=4, start_step=3).validated == {3}
+    assert MetricsLogger(tmp_path, ["jsonl"], "x", total_steps=4, start_step=2).validated == set()
     # A new run (step 0) starts the file afresh, an earlier run's step-0 validation included.
     log = MetricsLogger(tmp_path, ["jsonl"], "x", total_steps=4, start_step=0)
     log.log(0, {"val/samples": 2.0}, advance=False)
@@ -44,15 +51,20 @@ def test_metrics_file_is_cut_back_to_the_resumed_step(tmp_path):
         {"step": 0, "val/samples": 2.0}]
 
 
-def test_checkpoints_publish_atomically_and_keep_the_last(tmp_path):
+ORDER = {"dataset_size": 10, "data.seed": 1, "data.shuffle": True, "trainer.rollout_batch_size": 4,
+         "rollout.seed": 1, "rollout.n": 2}
+
+
+def test_checkpoints_publish_atomically_and_keep_the_last(tmp_path, monkeypatch):
     def save(step):
         staging = checkpoint.staging_dir(tmp_path, step)
         assert staging.name.endswith(".tmp")
         assert checkpoint.latest(tmp_path) is None or checkpoint.latest(tmp_path)[1].step < step
         (staging / "model").mkdir()
-        return checkpoint.publish(staging, checkpoint.TrainerState(step, step, 1, 10), keep=2)
+        return checkpoint.publish(staging, checkpoint.TrainerState(step, step, ORDER), keep=2)
 
     assert checkpoint.latest(tmp_path) is None
+    checkpoint.check_fresh(tmp_path)
     for step in (1, 2, 3):
         save(step)
     names = sorted(p.name for p in checkpoint.checkpoint_root(tmp_path).iterdir())
@@ -60,7 +72,28 @@ def test_checkpoints_publish_atomically_and_keep_the_last(tmp_path):
     # An interrupted write leaves a .tmp directory that is never resumed from.
     checkpoint.staging_dir(tmp_path, 4)
     path, state = checkpoint.latest(tmp_path)
-    assert path.name == "step-000003" and state == checkpoint.TrainerState(3, 3, 1, 10)
+    assert path.name == "step-000003" and state == checkpoint.TrainerState(3, 3, ORDER)
+    # A deletion cut short (here: before any file went) leaves an incomplete checkpoint, never
+    # one that would be resumed from.
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", lambda path, **_: None)
+    save(5)
+    root = checkpoint.checkpoint_root(tmp_path)
+    assert (root / "step-000002").is_dir() and not (root / "step-000002" / checkpoint.STATE_FILE).exists()
+    assert [p.name for p in checkpoint.complete_checkpoints(root)] == ["step-000003", "step-000005"]
+
+
+def test_a_new_run_refuses_an_earlier_runs_checkpoints(tmp_path):
+    checkpoint.staging_dir(tmp_path, 1)  # even an incomplete one
+    with pytest.raises(checkpoint.ExistingRunError, match=r"step-000001\.tmp.*pass --resume"):
+        checkpoint.check_fresh(tmp_path)
+
+
+def test_resume_refuses_another_data_order(tmp_path):
+    state = checkpoint.TrainerState(3, 3, ORDER)
+    checkpoint.check_resumable(tmp_path, state, dict(ORDER))
+    changed = {**ORDER, "trainer.rollout_batch_size": 8, "rollout.n": 4}
+    with pytest.raises(ValueError, match=r"trainer\.rollout_batch_size 4 -> 8, rollout\.n 2 -> 4"):
+        checkpoint.check_resumable(tmp_path, state, changed)
 
 
 def test_trend_compares_the_first_and_last_steps():
@@ -102,3 +135,40 @@ def test_packed_weights_read_through_the_object_store_without_copies(ray_local):
     # Views of the store's shared memory, not copies.
     assert not any(array.flags.writeable for array in received.arrays)
     assert all(torch.equal(received.tensors()[k], v) for k, v in state.items())
+
+
+def test_a_rollout_worker_lost_during_weight_sync_does_not_stop_the_run(ray_local):
+    import os
+    from types import SimpleNamespace
+
+    import ray
+
+    from tiny_r1v.trainer.driver import Trainer
+
+    @ray.remote
+    class Learner:
+        def packed_weights(self) -> PackedWeights:
+            return PackedWeights.pack({"w": torch.ones(2)})
+
+    @ray.remote(max_restarts=0)
+    class Rollout:
+        def __init__(self, dies: bool) -> None:
+            self.dies, self.version = dies, 0
+
+        def load_weights(self, weights: PackedWeights, version: int) -> dict[str, float]:
+            if self.dies:
+                os._exit(1)
+            self.version = version
+            return {"bytes": float(weights.nbytes), "seconds": 0.5}
+
+        def weight_version(self) -> int:
+            return self.version
+
+    # The driver's sync alone, on stand-ins for the learner and rollout actors.
+    trainer = object.__new__(Trainer)
+    trainer.graph = SimpleNamespace(learners=[Learner.remote()], rollouts=[Rollout.remote(True), Rollout.remote(False)])
+    trainer.weight_version, trainer.weights_ref = 0, None
+    assert trainer._sync() == {"sync/bytes": 8.0, "sync/load_seconds": 0.5}
+    assert trainer.weight_version == 1 and ray.get(trainer.graph.rollouts[1].weight_version.remote()) == 1
+    # The next rollout finds the lost worker (restarted by Ray) behind and loads these weights.
+    assert ray.get(trainer.weights_ref).tensors()["w"].tolist() == [1.0, 1.0]

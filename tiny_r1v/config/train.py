@@ -278,8 +278,6 @@ class TrainerConfig:
     """Also validate the start weights before the first iteration (logged as step 0)."""
     output_dir: str = "outputs"
     """Root directory of checkpoints and logs."""
-    project_name: str = "tiny-r1v"
-    """Project name for loggers and the output path."""
     experiment_name: str = "lipo"
     """Run name for loggers and the output path."""
     loggers: tuple[Literal["console", "jsonl", "tensorboard"], ...] = ("console", "jsonl")
@@ -287,7 +285,8 @@ class TrainerConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where actors run; auto = cuda when available."""
     seed: int = 1
-    """Seed of the driver and learners (torch, numpy, random)."""
+    """Seed of the learners' torch generator (rank r: seed + r). The data order has `data.seed`,
+    sampling `rollout.seed`; the driver draws nothing at random."""
 
     def validate(self) -> None:
         _positive("rollout_batch_size", self.rollout_batch_size)
@@ -296,7 +295,6 @@ class TrainerConfig:
         _positive("save_limit", self.save_limit)
         _at_least("val_freq", self.val_freq, 0)
         _not_empty("output_dir", self.output_dir)
-        _not_empty("project_name", self.project_name)
         _not_empty("experiment_name", self.experiment_name)
 
 

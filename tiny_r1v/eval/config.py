@@ -53,7 +53,8 @@ class DecodingConfig:
     n: int = 1
     """Samples per prompt (k); accuracy is then the mean over all k. Must be 1 when greedy."""
     seed: int = 1
-    """Sampling seed: prompt i of a benchmark samples with seed + i, for every model alike."""
+    """Sampling seed: sample k of prompt i of a benchmark draws with (seed + i) * n + k, for every
+    model alike."""
 
     def validate(self) -> None:
         require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")

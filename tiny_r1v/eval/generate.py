@@ -85,7 +85,7 @@ class ModelEvaluator:
             )
             for example in examples
         ]
-        # One call per benchmark, so prompt i samples with seed + i whichever model runs it.
+        # One call per benchmark, so prompt i samples with the same seeds whichever model runs it.
         completions = self.engine.generate(prompts, seed=self.cfg.decoding.seed)
         texts = self.processor.tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
         text_of = {prompt.uid: prompt.text for prompt in prompts}

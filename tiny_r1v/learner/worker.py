@@ -221,7 +221,9 @@ class Learner:
                 for i in indices:
                     step_metrics = self._micro_step(micro_batches[i], old[i], None if ref is None else ref[i])
                     for key, value in step_metrics.items():
-                        sums[key] += value / len(indices)
+                        # A micro-batch's loss is its share of the mini-batch's (normalised over the
+                        # mini-batch on all ranks): summed. The other figures are micro-batch means.
+                        sums[key] += value if key == "pg_loss" else value / len(indices)
                 grad_norm = self._optimizer_step()
                 sums["grad_norm"] += grad_norm
                 steps += 1
@@ -315,10 +317,12 @@ class Learner:
         for name, slots in state["state"].items():
             for key, value in slots.items():
                 tensor = saved.get(f"{name}/{key}")
-                target = _local(value)
+                # Into the state's own storage (on the GPU, `_local`'s CPU copy would be a throwaway).
+                target = value.to_local() if isinstance(value, DTensor) else value
                 if tensor is None or tensor.shape != target.shape:
                     raise ValueError(f"{path}: optimizer state {name}/{key} missing or of another shape")
-                target.copy_(tensor)
+                with torch.no_grad():
+                    target.copy_(tensor)
         set_optimizer_state_dict(self.policy, self.optimizer, state)
 
     def close(self) -> None:

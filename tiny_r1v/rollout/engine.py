@@ -74,7 +74,9 @@ class RolloutEngine:
         """``rollout.n`` completions per prompt (one greedy one with ``greedy``), grouped in prompt order.
 
         Args:
-            seed: makes the batch's sampling reproducible (each prompt gets ``seed + index``).
+            seed: makes the batch's sampling reproducible: sample ``k`` of prompt ``index`` draws
+                with seed ``(seed + index) * n + k`` (vLLM seeds a request's samples ``s + k``), so
+                no two samples of consecutive prompt slots share their random draws.
         """
         requests = [
             {"prompt": p.text, "multi_modal_data": {"image": list(p.images)}} if p.images else {"prompt": p.text}
@@ -84,7 +86,7 @@ class RolloutEngine:
         if seed is not None and not greedy:
             params = [params.clone() for _ in prompts]
             for index, item in enumerate(params):
-                item.seed = seed + index
+                item.seed = (seed + index) * item.n
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         completions = []
         for prompt, output in zip(prompts, outputs, strict=True):

@@ -2,9 +2,9 @@
 
 Layout of ``<run>/checkpoints/step-000042/``: ``model/`` (Hugging Face safetensors checkpoint
 with processor files: loads in transformers and vLLM), ``optim/rank-<r>.safetensors`` (each
-learner rank's optimizer shard) and ``trainer_state.json`` (step, weight version, data order),
-written last. A directory without the state file, or still named ``*.tmp``, is incomplete and
-never resumed from.
+learner rank's optimizer shard) and ``trainer_state.json`` (step, weight version, the settings
+that fix the data order), written last and deleted first. A directory without the state file, or
+still named ``*.tmp``, is incomplete and never resumed from.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from tiny_r1v.config.train import TrainConfig
 
 _NAME = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -28,10 +30,46 @@ class TrainerState:
     """Training steps completed."""
     weight_version: int
     """Weight syncs completed (the version the rollout workers hold)."""
-    data_seed: int
-    """Seed of the data order; with ``step`` it fixes the next prompts (see ``sampler``)."""
-    dataset_size: int
-    """Number of training examples, checked on resume so the data order cannot drift."""
+    order: dict[str, int | bool]
+    """The settings that, with ``step``, fix every later step's prompts and samples (dataset
+    size, data seed and shuffle, rollout batch size, rollout seed and n): a resumed run must
+    match them (see ``order_of``)."""
+
+
+class ExistingRunError(ValueError):
+    """A new run would write into the checkpoints of an earlier one."""
+
+
+def order_of(cfg: TrainConfig, dataset_size: int) -> dict[str, int | bool]:
+    """The settings a resumed run must share with the interrupted one (see ``TrainerState.order``)."""
+    return {"dataset_size": dataset_size, "data.seed": cfg.data.seed, "data.shuffle": cfg.data.shuffle,
+            "trainer.rollout_batch_size": cfg.trainer.rollout_batch_size, "rollout.seed": cfg.rollout.seed,
+            "rollout.n": cfg.rollout.n}
+
+
+def check_resumable(path: Path, state: TrainerState, order: dict[str, int | bool]) -> None:
+    """Raise if the checkpoint at ``path`` was saved under another data order than ``order``."""
+    changed = [f"{key} {state.order.get(key)} -> {value}" for key, value in order.items()
+               if state.order.get(key) != value]
+    if changed:
+        raise ValueError(f"{path}: saved under other settings ({', '.join(changed)}); resuming would change the "
+                         "prompts and samples of the remaining steps")
+
+
+def check_fresh(run_dir: Path) -> None:
+    """Raise if ``run_dir`` holds checkpoints (complete or not) of an earlier run: a new run there
+    would mix its steps with them, and keeping the last K would delete the newer ones."""
+    root = checkpoint_root(run_dir)
+    found = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if found:
+        raise ExistingRunError(f"{root} holds checkpoints of an earlier run ({', '.join(found[-3:])}): pass "
+                               "--resume to continue it, or choose another trainer.experiment_name or "
+                               "trainer.output_dir, or remove the directory")
+
+
+def run_dir(cfg: TrainConfig) -> Path:
+    """Where a run writes its config, metrics and checkpoints."""
+    return Path(cfg.trainer.output_dir) / cfg.trainer.experiment_name
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -51,11 +89,17 @@ def publish(staging: Path, state: TrainerState, keep: int) -> Path:
     (staging / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
     final = staging.with_name(staging.name.removesuffix(".tmp"))
     if final.exists():  # the same step saved by an earlier, interrupted attempt
-        shutil.rmtree(final)
+        _remove(final)
     os.replace(staging, final)
     for old in complete_checkpoints(staging.parent)[:-keep]:
-        shutil.rmtree(old)
+        _remove(old)
     return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint, its state file first: a deletion cut short leaves an incomplete one."""
+    (path / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(path)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -72,4 +116,7 @@ def latest(run_dir: Path) -> tuple[Path, TrainerState] | None:
     if not found:
         return None
     path = found[-1]
-    return path, TrainerState(**json.loads((path / STATE_FILE).read_text()))
+    try:
+        return path, TrainerState(**json.loads((path / STATE_FILE).read_text()))
+    except TypeError as err:
+        raise ValueError(f"{path / STATE_FILE}: not a state file of this version ({err})") from None

@@ -27,6 +27,7 @@ from tiny_r1v.learner.worker import shard_for_rank
 from tiny_r1v.protocol import Completion, Prompt, TrainSample
 from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.actors import ActorGraph
+from tiny_r1v.trainer.checkpoint import run_dir
 from tiny_r1v.trainer.metrics import MetricsLogger
 from tiny_r1v.trainer.sampler import step_indices
 from tiny_r1v.trainer.scoring import Reference
@@ -38,11 +39,6 @@ _RETRY_PAUSE_S = 2.0
 _MAX_ROLLOUT_RETRIES = 60
 
 StepHook = Callable[["Trainer", int, dict[str, float]], None]
-
-
-def run_dir(cfg: TrainConfig) -> Path:
-    """Where a run writes its config, metrics and checkpoints."""
-    return Path(cfg.trainer.output_dir) / cfg.trainer.experiment_name
 
 
 def _chunks(items: Sequence, parts: int) -> list[Sequence]:
@@ -62,24 +58,26 @@ class Trainer:
         self.processor = AutoProcessor.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         found = checkpoint.latest(self.run_dir) if resume else None
         if found is None:
-            self.step, self.weight_version, model_path, start = 0, 0, cfg.model.path, None
+            checkpoint.check_fresh(self.run_dir)
+            self.step, self.weight_version, start = 0, 0, None
         else:
             start, state = found
-            if state.dataset_size != len(examples) or state.data_seed != cfg.data.seed:
-                raise ValueError(
-                    f"{start}: saved with {state.dataset_size} examples and data seed {state.data_seed}; "
-                    f"this run has {len(examples)} and {cfg.data.seed}, so the data order would differ"
-                )
+            checkpoint.check_resumable(start, state, checkpoint.order_of(cfg, len(examples)))
             self.step, self.weight_version = state.step, state.weight_version
-            model_path = str(start / "model")
             logger.info("resuming from %s (step %d)", start, self.step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        self.graph = ActorGraph(cfg, model_path, self.weight_version, None if start is None else str(start))
+        # Rollout workers always start from the configured model (version 0), also when resuming:
+        # Ray rebuilds a restarted worker from these arguments, and a checkpoint directory may be
+        # pruned by then. A worker on an older version is brought up to date from the learners.
+        self.graph = ActorGraph(cfg, cfg.model.path, 0, None if start is None else str(start))
         self.weights_ref: ray.ObjectRef | None = None
+        """The learners' weights of `weight_version` in the object store, once gathered."""
         self.metrics = MetricsLogger(
             self.run_dir, cfg.trainer.loggers, cfg.trainer.experiment_name, cfg.trainer.total_steps, self.step
         )
+        if start is not None:
+            self._load_rollouts()
 
     # ------------------------------------------------------------------ phases
 
@@ -118,9 +116,8 @@ class Trainer:
                 if all(c.weight_version == self.weight_version for c in completions):
                     results[index] = completions
                     continue
-                # Restarted since the last step, so it holds the start weights: update it.
-                if self.weights_ref is not None:
-                    ray.get(worker.load_weights.remote(self.weights_ref, self.weight_version))
+                # Restarted since the last sync, so it holds the start weights: update it.
+                ray.get(worker.load_weights.remote(self._weights(), self.weight_version))
             except (RayActorError, ActorUnavailableError) as err:
                 logger.warning("rollout worker %d failed (%s); retrying once Ray has restarted it", index, err)
                 time.sleep(_RETRY_PAUSE_S)
@@ -142,17 +139,34 @@ class Trainer:
         # Loss terms are per-rank averages; the gradient norm is already global.
         return {key: float(np.mean([r[key] for r in results])) for key in results[0]}
 
+    def _weights(self) -> ray.ObjectRef:
+        """The learners' current weights in the object store, gathered once per version."""
+        if self.weights_ref is None:
+            refs = [learner.packed_weights.remote() for learner in self.graph.learners]
+            ray.get(refs[1:])  # every rank takes part in the gather; rank 0's result holds the weights
+            self.weights_ref = refs[0]
+        return self.weights_ref
+
     def _sync(self) -> dict[str, float]:
         """Full weights from the learners to every rollout worker through the object store."""
-        refs = [learner.packed_weights.remote() for learner in self.graph.learners]
         self.weight_version += 1
-        # Rank 0's result holds the weights; the put happens once, every worker reads it.
-        self.weights_ref = refs[0]
-        loads = ray.get([w.load_weights.remote(self.weights_ref, self.weight_version) for w in self.graph.rollouts])
-        ray.get(refs[1:])
+        self.weights_ref = None
+        return self._load_rollouts()
+
+    def _load_rollouts(self) -> dict[str, float]:
+        """Load the current weights into every rollout worker. One that fails meanwhile is left
+        to Ray to restart: the next rollout finds it on an old version and loads it then."""
+        weights = self._weights()
+        calls = [worker.load_weights.remote(weights, self.weight_version) for worker in self.graph.rollouts]
+        loads = []
+        for index, call in enumerate(calls):
+            try:
+                loads.append(ray.get(call))
+            except (RayActorError, ActorUnavailableError) as err:
+                logger.warning("rollout worker %d failed while loading weights (%s)", index, err)
         return {
-            "sync/bytes": loads[0]["bytes"],
-            "sync/load_seconds": max(load["seconds"] for load in loads),
+            "sync/bytes": max((load["bytes"] for load in loads), default=0),
+            "sync/load_seconds": max((load["seconds"] for load in loads), default=0.0),
         }
 
     def validate(self) -> dict[str, float]:
@@ -217,6 +231,14 @@ class Trainer:
             metrics.update(validation)
         return metrics
 
+    def _validation_missing(self) -> bool:
+        """Whether to validate the weights the run starts from: the start weights with
+        ``val_before_train``; after a resume, when validation was due at the checkpoint's step and
+        the interrupted run did not log it (it runs after the checkpoint is written)."""
+        if self.step == 0:
+            return self.cfg.trainer.val_before_train
+        return self._due(self.cfg.trainer.val_freq) and self.step not in self.metrics.validated
+
     def _due(self, freq: int) -> bool:
         """Whether a thing done every `freq` steps (0: at the end only) is due after this step."""
         return self.step == self.cfg.trainer.total_steps or (freq > 0 and self.step % freq == 0)
@@ -228,16 +250,15 @@ class Trainer:
         state = checkpoint.TrainerState(
             step=self.step,
             weight_version=self.weight_version,
-            data_seed=self.cfg.data.seed,
-            dataset_size=len(self.examples),
+            order=checkpoint.order_of(self.cfg, len(self.examples)),
         )
         return checkpoint.publish(staging, state, self.cfg.trainer.save_limit)
 
     def run(self, on_step_end: StepHook | None = None) -> None:
         """Train until ``trainer.total_steps``; ``on_step_end(trainer, step, metrics)`` after each step."""
         try:
-            if self.cfg.trainer.val_before_train and self.val_examples and self.step == 0:
-                self.metrics.log(0, self.validate(), advance=False)
+            if self.val_examples and self._validation_missing():
+                self.metrics.log(self.step, self.validate(), advance=False)
             while self.step < self.cfg.trainer.total_steps:
                 metrics = self.train_step()
                 if on_step_end is not None:

@@ -44,7 +44,8 @@ class MetricsLogger:
     """Writes every step's metrics to each configured sink.
 
     On resume the JSONL file is cut back to the checkpoint's step, so a step logged by the
-    interrupted run after its last checkpoint appears once, not twice.
+    interrupted run after its last checkpoint appears once, not twice; ``validated`` holds the
+    steps whose validation rows it kept (none without the JSONL sink).
     """
 
     def __init__(
@@ -53,12 +54,13 @@ class MetricsLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.experiment = experiment
         self.jsonl = None
+        self.validated: set[int] = set()
         if "jsonl" in loggers:
             path = run_dir / "metrics.jsonl"
             if path.exists():  # a new run (start_step 0) keeps nothing, not even an old step-0 validation
-                kept = [line for line in path.read_text().splitlines()
-                        if start_step > 0 and json.loads(line)["step"] <= start_step]
-                path.write_text("".join(line + "\n" for line in kept))
+                kept = [row for row in read_metrics(path) if start_step > 0 and row["step"] <= start_step]
+                path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+                self.validated = {row["step"] for row in kept if "val/samples" in row}
             self.jsonl = path.open("a")
         self.tensorboard = None
         if "tensorboard" in loggers:
