@@ -40,14 +40,14 @@ def main(argv: list[str] | None = None) -> int:
             quickstart.prepare(min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
         if not Path(cfg.model.path).is_dir():
             raise ConfigError(("model.path", f"no model directory at {cfg.model.path}"))
-        if not args.resume:
-            checkpoint.check_fresh(checkpoint.run_dir(cfg))
         data = cfg.data
         examples, val_examples = (
             load_examples(files, min_pixels=data.min_pixels, max_pixels=data.max_pixels, task=data.task)
             if files else []
             for files in (data.train_files, data.val_files)
         )
+        if not args.resume:
+            checkpoint.check_fresh(checkpoint.run_dir(cfg))
     except (ConfigError, DatasetError, checkpoint.ExistingRunError) as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 2
