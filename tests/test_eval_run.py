@@ -70,7 +70,7 @@ def write_run(run: Path, seed: int) -> Path:
 
     staging = checkpoint.staging_dir(run, 3)
     build_tiny_model(staging / "model", seed=seed)
-    return checkpoint.publish(staging, checkpoint.TrainerState(3, 3, 1, 8), keep=2) / "model"
+    return checkpoint.publish(staging, checkpoint.TrainerState(3, 3, {"dataset_size": 8}), keep=2) / "model"
 
 
 def load_launcher():
