@@ -16,8 +16,8 @@ from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.data import load_examples
 from tiny_r1v.protocol import Prompt
 from tiny_r1v.trainer.actors import RolloutWorker
-from tiny_r1v.trainer.checkpoint import ExistingRunError
-from tiny_r1v.trainer.driver import Trainer, run_dir
+from tiny_r1v.trainer.checkpoint import ExistingRunError, run_dir
+from tiny_r1v.trainer.driver import Trainer
 
 pytestmark = pytest.mark.vllm
 

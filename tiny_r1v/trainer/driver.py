@@ -27,7 +27,6 @@ from tiny_r1v.learner.worker import shard_for_rank
 from tiny_r1v.protocol import Completion, Prompt, TrainSample
 from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.actors import ActorGraph
-from tiny_r1v.trainer.checkpoint import run_dir
 from tiny_r1v.trainer.metrics import MetricsLogger
 from tiny_r1v.trainer.sampler import step_indices
 from tiny_r1v.trainer.scoring import Reference
@@ -54,7 +53,7 @@ class Trainer:
         self.cfg = cfg
         self.examples = examples
         self.val_examples = val_examples
-        self.run_dir = run_dir(cfg)
+        self.run_dir = checkpoint.run_dir(cfg)
         self.processor = AutoProcessor.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         found = checkpoint.latest(self.run_dir) if resume else None
         if found is None:
