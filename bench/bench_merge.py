@@ -45,8 +45,12 @@ from tiny_r1v.merge.synthetic import lm_shapes, write_checkpoint
 
 # Qwen2.5-VL-3B: hidden 2048, intermediate 11008, 2 KV heads of 128.
 HIDDEN, INTERMEDIATE, KV_DIM = 2048, 11008, 256
-SHAPES = {"q/o 2048x2048": (2048, 2048), "k/v 256x2048": (256, 2048), "up/gate 11008x2048": (11008, 2048),
-          "down 2048x11008": (2048, 11008)}
+SHAPES = {
+    "q/o 2048x2048": (2048, 2048),
+    "k/v 256x2048": (256, 2048),
+    "up/gate 11008x2048": (11008, 2048),
+    "down 2048x11008": (2048, 11008),
+}
 # How many tensors of each benched shape the 3B language model has (36 layers); the vision
 # tower takes the mean by default, so these are all the optimised merges of a 3B merge.
 PER_MODEL = {"q/o 2048x2048": 72, "k/v 256x2048": 72, "up/gate 11008x2048": 72, "down 2048x11008": 36}
@@ -102,8 +106,9 @@ def bench_streaming(work: Path, size_gb: float, experts: int, repeats: int) -> N
     dirs = [write_checkpoint(work / "base", shapes, dtype=torch.bfloat16)]
     dirs += [write_checkpoint(work / f"e{k}", shapes, dtype=torch.bfloat16, expert=k) for k in range(experts)]
     files = [f for d in dirs for f in CheckpointReader(d, d.name).weight_files]
-    cfg = load_config(MergeConfig, None, [f"base={dirs[0]}", "method=task_arithmetic", "device=cpu",
-                                          "hash_inputs=false"])
+    cfg = load_config(
+        MergeConfig, None, [f"base={dirs[0]}", "method=task_arithmetic", "device=cpu", "hash_inputs=false"]
+    )
     sources = [Source(d.name, d) for d in dirs]
     size = read_files(files)
     figures: dict[str, list[float]] = {}
@@ -118,12 +123,15 @@ def bench_streaming(work: Path, size_gb: float, experts: int, repeats: int) -> N
             out = work / f"out{r}"
             provenance = merge(replace(cfg, output=str(out)), sources[0], sources[1:], progress=_Quiet)
             figures.setdefault(f"task_arithmetic merge, {cache}", []).append(
-                provenance["bytes"]["read"] / GB / provenance["seconds"]["merge"])
+                provenance["bytes"]["read"] / GB / provenance["seconds"]["merge"]
+            )
             phases[cache].append(provenance["seconds"])
             shutil.rmtree(out)
     med = statistics.median
-    print(f"\n## streaming: {len(shapes)} tensors, {size / GB / (experts + 1):.2f} GB per input, "
-          f"base + {experts} experts = {size / GB:.2f} GB read per pass (bfloat16, {repeats} repeats)")
+    print(
+        f"\n## streaming: {len(shapes)} tensors, {size / GB / (experts + 1):.2f} GB per input, "
+        f"base + {experts} experts = {size / GB:.2f} GB read per pass (bfloat16, {repeats} repeats)"
+    )
     print("| path | page cache | GB/s (median) | vs plain read |\n|---|---|---|---|")
     for cache in ("warm", "cold"):
         plain = med(figures[f"plain file read, {cache}"])
@@ -161,8 +169,10 @@ def bench_methods(device: torch.device, steps: int) -> None:
             per_side[side] = (setup, step, amm_setup + 300 * (amm_run - amm_setup) / steps)
             print(f"  {label} {side}: set-up {setup:.2f} s, step {step:.3f} s", flush=True)
         rows.append((label, per_side))
-    print(f"\n## WUDI / AMM per tensor: K = 3, float32 on {device}; per tensor = set-up + 300 steps "
-          f"(WUDI step: median of {steps}; AMM: one run of 0 and one of {steps} steps)")
+    print(
+        f"\n## WUDI / AMM per tensor: K = 3, float32 on {device}; per tensor = set-up + 300 steps "
+        f"(WUDI step: median of {steps}; AMM: one run of 0 and one of {steps} steps)"
+    )
     print("| shape | side | set-up s | WUDI step s | WUDI s/tensor | AMM s/tensor |\n|---|---|---|---|---|---|")
     for label, per_side in rows:
         for side, (setup, step, amm) in per_side.items():
@@ -174,8 +184,10 @@ def bench_methods(device: torch.device, steps: int) -> None:
     # `auto` takes the faster side per shape; the mean-treated tensors cost reading time only.
     best = {label: min(amm for _, _, amm in per_side.values()) for label, per_side in rows}
     total = sum(PER_MODEL[label] * seconds for label, seconds in best.items())
-    print(f"\nprojected AMM maths for the whole Qwen2.5-VL-3B x 3-expert merge ({sum(PER_MODEL.values())} "
-          f"language-model linear weights, best side each): {total / 60:.1f} min on {device}")
+    print(
+        f"\nprojected AMM maths for the whole Qwen2.5-VL-3B x 3-expert merge ({sum(PER_MODEL.values())} "
+        f"language-model linear weights, best side each): {total / 60:.1f} min on {device}"
+    )
 
 
 def main() -> None:
@@ -196,8 +208,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     device = resolve_device(args.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads, GPU: {gpu}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads, GPU: {gpu}, load average {os.getloadavg()[0]:.1f}")
     if not args.skip_streaming:
         with tempfile.TemporaryDirectory(dir=args.workdir) as work:
             bench_streaming(Path(work), args.size_gb, args.experts, args.repeats)

@@ -96,9 +96,7 @@ def main() -> None:
     def actor() -> int:
         return sum(len(c.token_ids) for c in ray.get(worker.generate.remote(prompts, seed)))
 
-    results = interleaved(
-        {"bare vLLM": bare, "RolloutEngine": ours, "RolloutWorker (Ray actor)": actor}, args.repeats
-    )
+    results = interleaved({"bare vLLM": bare, "RolloutEngine": ours, "RolloutWorker (Ray actor)": actor}, args.repeats)
     ray.shutdown()
     llm.llm_engine.engine_core.shutdown()
 

@@ -97,9 +97,12 @@ def main() -> None:
 
     print(f"{gigabytes:.3f} GB of float32 weights, median of {args.repeats}")
     print(f"{'path':42s} {'seconds':>8s} {'s/GB':>8s} {'vs copy':>8s}")
-    for name, seconds in (("plain copy (torch clone)", copy), ("object store, torch state dict", pickled),
-                          ("object store, byte arrays (PackedWeights)", transfer),
-                          ("sync (pack + transfer + reload)", sync)):
+    for name, seconds in (
+        ("plain copy (torch clone)", copy),
+        ("object store, torch state dict", pickled),
+        ("object store, byte arrays (PackedWeights)", transfer),
+        ("sync (pack + transfer + reload)", sync),
+    ):
         print(f"{name:42s} {seconds:8.3f} {seconds / gigabytes:8.3f} {seconds / copy:8.2f}")
 
 

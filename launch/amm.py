@@ -28,8 +28,11 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "amm.yaml"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experts", default="", help="comma-separated expert names or directories "
-                        "(default: every expert in the config)")
+    parser.add_argument(
+        "--experts",
+        default="",
+        help="comma-separated expert names or directories (default: every expert in the config)",
+    )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: configs/amm.yaml)")
     parser.add_argument("--method", help="merge method (overrides `method`)")
     parser.add_argument("--out", help="output directory (overrides `output`)")
@@ -47,16 +50,18 @@ def summary(provenance: dict[str, Any]) -> str:
     parts = ", ".join(f"{phase} {seconds.get(phase, 0.0):.1f}" for phase in ("read", "compute", "write_wait"))
     memory = provenance["memory_mb"]
     cuda = f", CUDA peak {memory['peak_cuda']:.0f} MiB" if memory["peak_cuda"] is not None else ""
-    return "\n".join([
-        f"merged {experts} into {provenance['inputs'][0]['path']} with {provenance['method']} "
-        f"on {provenance['device']}",
-        f"output: {provenance['output']}",
-        f"tensors: {treated}",
-        f"read {provenance['bytes']['read'] / gb:.2f} GB, wrote {provenance['bytes']['written'] / gb:.2f} GB "
-        f"({provenance['bytes']['read'] / gb / max(seconds['merge'], 1e-9):.2f} GB/s read during the merge)",
-        f"seconds: {phases} (merge = {parts}); total {seconds['total']:.1f}",
-        f"memory: peak RSS {memory['peak_rss']:.0f} MiB (at start {memory['rss_at_start']} MiB){cuda}",
-    ])
+    return "\n".join(
+        [
+            f"merged {experts} into {provenance['inputs'][0]['path']} with {provenance['method']} "
+            f"on {provenance['device']}",
+            f"output: {provenance['output']}",
+            f"tensors: {treated}",
+            f"read {provenance['bytes']['read'] / gb:.2f} GB, wrote {provenance['bytes']['written'] / gb:.2f} GB "
+            f"({provenance['bytes']['read'] / gb / max(seconds['merge'], 1e-9):.2f} GB/s read during the merge)",
+            f"seconds: {phases} (merge = {parts}); total {seconds['total']:.1f}",
+            f"memory: peak RSS {memory['peak_rss']:.0f} MiB (at start {memory['rss_at_start']} MiB){cuda}",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,10 +27,16 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "eval.yaml
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="", help="comma-separated name=DIR, DIR or config names "
-                        "(default: every model in the config)")
-    parser.add_argument("--benchmarks", default="", help="comma-separated name=FILE, FILE or config names "
-                        "(default: every benchmark in the config)")
+    parser.add_argument(
+        "--models",
+        default="",
+        help="comma-separated name=DIR, DIR or config names (default: every model in the config)",
+    )
+    parser.add_argument(
+        "--benchmarks",
+        default="",
+        help="comma-separated name=FILE, FILE or config names (default: every benchmark in the config)",
+    )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: configs/eval.yaml)")
     parser.add_argument("--out", help="output directory (overrides `output_dir`)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config values")
@@ -55,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run_eval(cfg, models, benchmarks)
     print(result.files[0].read_text())
-    print(f"{len(result.computed)} pairs evaluated, {len(result.reused)} reused; "
-          f"tables, plot and per-sample outputs in {cfg.output_dir}")
+    print(
+        f"{len(result.computed)} pairs evaluated, {len(result.reused)} reused; "
+        f"tables, plot and per-sample outputs in {cfg.output_dir}"
+    )
     return 0
 
 

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         data = cfg.data
         examples, val_examples = (
             load_examples(files, min_pixels=data.min_pixels, max_pixels=data.max_pixels, task=data.task)
-            if files else []
+            if files
+            else []
             for files in (data.train_files, data.val_files)
         )
         if not args.resume:
@@ -69,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         print(trend([row for row in rows if "reward/mean" in row]))
         if validations := [row for row in rows if "val/samples" in row]:
             first, last = validations[0], validations[-1]
-            print(f"validation (greedy), step {first['step']} -> {last['step']}: "
-                  f"accuracy {first['val/reward/accuracy']:.3g} -> {last['val/reward/accuracy']:.3g}, "
-                  f"length {first['val/length/mean']:.3g} -> {last['val/length/mean']:.3g}")
+            print(
+                f"validation (greedy), step {first['step']} -> {last['step']}: "
+                f"accuracy {first['val/reward/accuracy']:.3g} -> {last['val/reward/accuracy']:.3g}, "
+                f"length {first['val/length/mean']:.3g} -> {last['val/length/mean']:.3g}"
+            )
     return 0
 
 

@@ -155,8 +155,10 @@ RULES = [
     ("rollout.max_response_length=0", "rollout.max_response_length: must be > 0, got 0"),
     ("rollout.num_workers=0", "rollout.num_workers: must be > 0, got 0"),
     ("rollout.tensor_parallel_size=0", "rollout.tensor_parallel_size: must be > 0, got 0"),
-    ("rollout.tensor_parallel_size=2", "rollout.tensor_parallel_size: rollout engines with tensor parallelism are "
-                                       "not built yet"),
+    (
+        "rollout.tensor_parallel_size=2",
+        "rollout.tensor_parallel_size: rollout engines with tensor parallelism are not built yet",
+    ),
     ("rollout.gpu_memory_utilization=0", "rollout.gpu_memory_utilization: must be in (0, 1], got 0.0"),
     ("rollout.gpu_memory_utilization=1.1", "rollout.gpu_memory_utilization: must be in (0, 1]"),
     # reward

@@ -141,4 +141,3 @@ def test_expert_placement_fits_one_8_gpu_node():
         cfg = load_config(TrainConfig, path)
         rollout_gpus = cfg.rollout.num_workers * cfg.rollout.tensor_parallel_size
         assert rollout_gpus + cfg.learner.num_workers == 8, path.name
-

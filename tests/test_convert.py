@@ -34,16 +34,12 @@ RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 def _parquet(path: Path, columns: dict[str, tuple[pa.DataType, list[Any]]]) -> Path:
     schema = pa.schema([(name, dtype) for name, (dtype, _) in columns.items()])
-    pq.write_table(
-        pa.table({name: values for name, (_, values) in columns.items()}, schema=schema), path
-    )
+    pq.write_table(pa.table({name: values for name, (_, values) in columns.items()}, schema=schema), path)
     return path
 
 
 # kind -> (files as {column: (type, values)}, expected rows as (question, answer, image colours))
-HF_CASES: dict[
-    str, tuple[list[dict[str, tuple[pa.DataType, list[Any]]]], list[tuple[str, str, list]]]
-] = {
+HF_CASES: dict[str, tuple[list[dict[str, tuple[pa.DataType, list[Any]]]], list[tuple[str, str, list]]]] = {
     "geometry3k": (
         [
             {
@@ -106,9 +102,7 @@ HF_CASES: dict[
 @pytest.mark.parametrize("kind", list(HF_CASES))
 def test_hf_parquet_layouts_convert_to_loadable_data(tmp_path: Path, kind: str) -> None:
     files, expected = HF_CASES[kind]
-    inputs = [
-        str(_parquet(tmp_path / f"part-{i}.parquet", columns)) for i, columns in enumerate(files)
-    ]
+    inputs = [str(_parquet(tmp_path / f"part-{i}.parquet", columns)) for i, columns in enumerate(files)]
     out = tmp_path / "out"
     main([kind, "--out", str(out), "--split", "test", "--input", *inputs])
 
@@ -158,9 +152,7 @@ def test_hf_limit_draws_a_seeded_subset_in_source_order(tmp_path: Path) -> None:
     assert [json.loads(line)["id"] for line in first] == [f"chartqa-train-{a}" for a in answers]
 
 
-def test_hf_missing_column_is_a_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_hf_missing_column_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = _parquet(
         tmp_path / "chart.parquet",
         {"image": (IMAGE, [_image(RED)]), "query": (pa.string(), ["How many?"])},

@@ -21,9 +21,7 @@ MAX_PIXELS = 28 * 28 * 64
 BOUNDS = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}
 
 
-def _png(
-    size: tuple[int, int] = (40, 30), color: tuple[int, ...] = (200, 30, 30), mode: str = "RGB"
-) -> bytes:
+def _png(size: tuple[int, int] = (40, 30), color: tuple[int, ...] = (200, 30, 30), mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, size, color).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -119,14 +117,10 @@ def test_duplicate_ids_across_files_name_both_places(dataset_dir: Path) -> None:
     second = _write_jsonl(dataset_dir / "b.jsonl", [_with(id="q2"), _with(id="q1")])
     with pytest.raises(DatasetError, match="duplicate id 'q1'") as info:
         load_examples([first, second], **BOUNDS)
-    assert info.value.errors == (
-        f"{second}, row 2, column 'id': duplicate id 'q1' (first at {first}, row 1)",
-    )
+    assert info.value.errors == (f"{second}, row 2, column 'id': duplicate id 'q1' (first at {first}, row 1)",)
 
 
-def _write_parquet(
-    path: Path, columns: dict[str, list[Any]], schema: pa.Schema | None = None
-) -> Path:
+def _write_parquet(path: Path, columns: dict[str, list[Any]], schema: pa.Schema | None = None) -> Path:
     pq.write_table(pa.table(columns, schema=schema), path)
     return path
 
@@ -190,9 +184,7 @@ def test_parquet_error_names_file_row_and_column(
         ("broken.parquet", b"PAR1 this is not parquet", "cannot read"),
     ],
 )
-def test_file_level_errors_name_the_file(
-    tmp_path: Path, name: str, content: bytes | None, problem: str
-) -> None:
+def test_file_level_errors_name_the_file(tmp_path: Path, name: str, content: bytes | None, problem: str) -> None:
     path = tmp_path / name
     if name == "empty.parquet":
         _write_parquet(path, {"question": []}, pa.schema([("question", pa.string())]))
@@ -279,8 +271,7 @@ def test_valid_parquet_loads(dataset_dir: Path, images_type: pa.DataType, value:
     (dataset_dir / "images" / "green.png").write_bytes(GREEN)
     columns = _parquet_columns(rows=2, images=[[value], []], id=["first", "second"])
     schema = pa.schema(
-        [(name, pa.string()) for name in ("question", "answer", "task", "id")]
-        + [("images", images_type)]
+        [(name, pa.string()) for name in ("question", "answer", "task", "id")] + [("images", images_type)]
     )
     path = _write_parquet(dataset_dir / "data.parquet", columns, schema)
     examples = load_examples(path, task="vqa", **BOUNDS)
@@ -300,9 +291,7 @@ def test_valid_parquet_loads(dataset_dir: Path, images_type: pa.DataType, value:
         ((1120, 1120), "RGB"),
     ],
 )
-def test_load_images_resizes_within_bounds(
-    tmp_path: Path, size: tuple[int, int], mode: str
-) -> None:
+def test_load_images_resizes_within_bounds(tmp_path: Path, size: tuple[int, int], mode: str) -> None:
     color = 7 if mode in ("L", "P") else (10, 20, 30, 40)[: len(mode)]
     (tmp_path / "image.png").write_bytes(_png(size, color, mode))
     row = _with(images=["image.png"])
@@ -368,9 +357,7 @@ def test_processor_sees_the_loaded_pixels_unchanged(tmp_path: Path, tiny_model_d
     images = example.load_images()
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    prompt = processor.apply_chat_template(
-        build_messages(example, "boxed"), add_generation_prompt=True, tokenize=False
-    )
+    prompt = processor.apply_chat_template(build_messages(example, "boxed"), add_generation_prompt=True, tokenize=False)
     assert prompt.count("<|vision_start|><|image_pad|><|vision_end|>") == 2
     assert prompt.endswith("<|im_start|>assistant\n")
     inputs = processor(text=[prompt], images=images, return_tensors="pt")

@@ -44,9 +44,20 @@ def test_missing_model_directory_fails_before_ray(tmp_path, tiny_model_dir):
     bench = write_benchmark(tmp_path, [ROW])
     missing = tmp_path / "no-such-model"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "eval.py"), "--models", f"base={tiny_model_dir},lost={missing}",
-         "--benchmarks", str(bench), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "launch" / "eval.py"),
+            "--models",
+            f"base={tiny_model_dir},lost={missing}",
+            "--benchmarks",
+            str(bench),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert result.returncode == 2
     assert f"model 'lost': no such directory {missing}" in result.stderr
@@ -90,5 +101,7 @@ def test_no_models_anywhere_is_named(launcher, tmp_path, capsys):
 def test_more_images_than_the_engine_takes_is_named(launcher, tmp_path, tiny_model_dir, capsys):
     bench = write_benchmark(tmp_path, [ROW, {**ROW, "id": "pair", "images": ["images/red.png"] * 2}])
     assert launcher(["--models", f"base={tiny_model_dir}", "--benchmarks", str(bench)]) == 2
-    assert ("benchmark 'bench': example 'pair' has 2 images, more than engine.max_images_per_prompt (1)"
-            in capsys.readouterr().err)
+    assert (
+        "benchmark 'bench': example 'pair' has 2 images, more than engine.max_images_per_prompt (1)"
+        in capsys.readouterr().err
+    )

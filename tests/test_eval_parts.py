@@ -21,12 +21,29 @@ from tiny_r1v.eval.runner import parallel_slots
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "eval.yaml"
 
 
-def record(tokens: int, accuracy: float, fmt: float = 1.0, finish: str = "stop", model: str = "m",
-           benchmark: str = "b", uid: str = "x") -> SampleRecord:
-    return SampleRecord(model=model, benchmark=benchmark, id=uid, sample=0, task="ocr", prompt="p", response="r",
-                        answer="a", tokens=tokens, finish_reason=finish,
-                        reward={"accuracy": accuracy, "format": fmt, "total": 0.9 * accuracy + 0.1 * fmt},
-                        correct=accuracy == 1.0)
+def record(
+    tokens: int,
+    accuracy: float,
+    fmt: float = 1.0,
+    finish: str = "stop",
+    model: str = "m",
+    benchmark: str = "b",
+    uid: str = "x",
+) -> SampleRecord:
+    return SampleRecord(
+        model=model,
+        benchmark=benchmark,
+        id=uid,
+        sample=0,
+        task="ocr",
+        prompt="p",
+        response="r",
+        answer="a",
+        tokens=tokens,
+        finish_reason=finish,
+        reward={"accuracy": accuracy, "format": fmt, "total": 0.9 * accuracy + 0.1 * fmt},
+        correct=accuracy == 1.0,
+    )
 
 
 # ------------------------------------------------------------------ aggregation
@@ -34,11 +51,24 @@ def record(tokens: int, accuracy: float, fmt: float = 1.0, finish: str = "stop",
 
 def test_summarize_counts_by_hand():
     # Three prompts: x answered on its second sample, y never (0.5 is not an exact answer), z at once.
-    rows = [record(10, 0.0, uid="x"), record(20, 1.0, fmt=0.0, uid="x"), record(40, 0.5, finish="length", uid="y"),
-            record(30, 1.0, uid="z")]
+    rows = [
+        record(10, 0.0, uid="x"),
+        record(20, 1.0, fmt=0.0, uid="x"),
+        record(40, 0.5, finish="length", uid="y"),
+        record(30, 1.0, uid="z"),
+    ]
     s = summarize("m", "b", rows)
-    assert s == Summary(model="m", benchmark="b", samples=4, accuracy=2.5 / 4, pass_at_k=2 / 3, format=0.75,
-                        mean_tokens=25.0, median_tokens=25.0, truncated=0.25)
+    assert s == Summary(
+        model="m",
+        benchmark="b",
+        samples=4,
+        accuracy=2.5 / 4,
+        pass_at_k=2 / 3,
+        format=0.75,
+        mean_tokens=25.0,
+        median_tokens=25.0,
+        truncated=0.25,
+    )
 
 
 def test_summarize_odd_median_and_empty():
@@ -51,18 +81,35 @@ def test_average_is_unweighted_over_benchmarks():
     small = summarize("m", "s", [record(10, 1.0)])
     large = summarize("m", "l", [record(30, 0.0, finish="length")] * 3)
     avg = average("m", [small, large])
-    assert avg == Summary(model="m", benchmark=AVERAGE, samples=4, accuracy=0.5, pass_at_k=0.5, format=1.0,
-                          mean_tokens=20.0, median_tokens=20.0, truncated=0.5)
+    assert avg == Summary(
+        model="m",
+        benchmark=AVERAGE,
+        samples=4,
+        accuracy=0.5,
+        pass_at_k=0.5,
+        format=1.0,
+        mean_tokens=20.0,
+        median_tokens=20.0,
+        truncated=0.5,
+    )
 
 
 def test_table_orders_models_then_benchmarks_then_average():
     records = {
-        ("a", "x"): [record(1, 1.0)], ("a", "y"): [record(3, 0.0)],
-        ("b", "x"): [record(5, 0.0)], ("b", "y"): [record(7, 1.0)],
+        ("a", "x"): [record(1, 1.0)],
+        ("a", "y"): [record(3, 0.0)],
+        ("b", "x"): [record(5, 0.0)],
+        ("b", "y"): [record(7, 1.0)],
     }
     rows = table(records, ["b", "a"], ["y", "x"])
     assert [(r.model, r.benchmark) for r in rows] == [
-        ("b", "y"), ("b", "x"), ("b", AVERAGE), ("a", "y"), ("a", "x"), ("a", AVERAGE)]
+        ("b", "y"),
+        ("b", "x"),
+        ("b", AVERAGE),
+        ("a", "y"),
+        ("a", "x"),
+        ("a", AVERAGE),
+    ]
     assert rows[2].mean_tokens == 6.0 and rows[5].accuracy == 0.5
 
 
@@ -95,8 +142,15 @@ def test_markdown_exact():
 
 def test_csv_and_json_round_trip_the_rows():
     parsed = list(csv.DictReader(io.StringIO(csv_text(ROWS))))
-    assert [Summary(r["model"], r["benchmark"], int(r["samples"]), *(float(r[k]) for k in (
-        "accuracy", "pass_at_k", "format", "mean_tokens", "median_tokens", "truncated"))) for r in parsed] == ROWS
+    assert [
+        Summary(
+            r["model"],
+            r["benchmark"],
+            int(r["samples"]),
+            *(float(r[k]) for k in ("accuracy", "pass_at_k", "format", "mean_tokens", "median_tokens", "truncated")),
+        )
+        for r in parsed
+    ] == ROWS
     payload = json.loads(json.dumps(json_payload(ROWS, {"seed": 1})))
     assert payload["settings"] == {"seed": 1}
     assert [Summary(**row) for row in payload["rows"]] == ROWS
@@ -124,16 +178,19 @@ def test_benchmark_names_disambiguate_shared_stems():
         benchmark_names(paths, [None, "ocr", None])
 
 
-@pytest.mark.parametrize(("max_parallel", "gpu", "gpus", "tp", "models", "expected"), [
-    (None, False, 0, 1, 5, 1),   # CPU: one engine, all cores
-    (3, False, 0, 1, 5, 3),      # asked for
-    (3, False, 0, 1, 2, 2),      # never more than the models
-    (None, True, 8, 1, 5, 5),
-    (None, True, 8, 2, 5, 4),    # tensor parallel engines take 2 GPUs each
-    (None, True, 8, 4, 5, 2),
-    (2, True, 8, 1, 5, 2),
-    (None, True, 1, 2, 3, 1),    # too few GPUs: one at a time (Ray waits for them)
-])
+@pytest.mark.parametrize(
+    ("max_parallel", "gpu", "gpus", "tp", "models", "expected"),
+    [
+        (None, False, 0, 1, 5, 1),  # CPU: one engine, all cores
+        (3, False, 0, 1, 5, 3),  # asked for
+        (3, False, 0, 1, 2, 2),  # never more than the models
+        (None, True, 8, 1, 5, 5),
+        (None, True, 8, 2, 5, 4),  # tensor parallel engines take 2 GPUs each
+        (None, True, 8, 4, 5, 2),
+        (2, True, 8, 1, 5, 2),
+        (None, True, 1, 2, 3, 1),  # too few GPUs: one at a time (Ray waits for them)
+    ],
+)
 def test_parallel_slots(max_parallel, gpu, gpus, tp, models, expected):
     assert parallel_slots(max_parallel, gpu, gpus, tp, models) == expected
 
@@ -179,15 +236,18 @@ def test_shipped_config_validates_and_lists_every_key():
     assert to_dict(cfg) == raw  # the file documents the schema: every key set, no other
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("decoding.n=4", "decoding.n: greedy decoding (temperature 0) gives 4 identical samples"),
-    ("decoding.temperature=-1", "decoding.temperature: must be >= 0"),
-    ("engine.max_response_length=0", "engine.max_response_length: must be > 0"),
-    ("prompt.max_pixels=10000000", "prompt.max_pixels: an image of 10000000 pixels takes"),
-    ("max_parallel=0", "max_parallel: must be >= 1"),
-    ("models=[{name: a, path: x}, {name: a, path: y}]", "models[1].name: duplicate name 'a'"),
-    ("models=[{name: 'a/b', path: x}]", "models[0].name: must be a non-empty label"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("decoding.n=4", "decoding.n: greedy decoding (temperature 0) gives 4 identical samples"),
+        ("decoding.temperature=-1", "decoding.temperature: must be >= 0"),
+        ("engine.max_response_length=0", "engine.max_response_length: must be > 0"),
+        ("prompt.max_pixels=10000000", "prompt.max_pixels: an image of 10000000 pixels takes"),
+        ("max_parallel=0", "max_parallel: must be >= 1"),
+        ("models=[{name: a, path: x}, {name: a, path: y}]", "models[1].name: duplicate name 'a'"),
+        ("models=[{name: 'a/b', path: x}]", "models[0].name: must be a non-empty label"),
+    ],
+)
 def test_bad_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         load_config(EvalConfig, CONFIG, [override])
@@ -231,9 +291,19 @@ def test_engine_gets_the_decoding_and_engine_settings():
 
     from tiny_r1v.rollout.engine import RolloutEngine
 
-    sampled = load_config(EvalConfig, CONFIG, ["decoding.temperature=0.7", "decoding.n=3", "decoding.seed=5",
-                                               "engine.max_response_length=77", "prompt.max_prompt_length=3000",
-                                               "dtype=float32", "engine.kv_cache_memory_mb=64"])
+    sampled = load_config(
+        EvalConfig,
+        CONFIG,
+        [
+            "decoding.temperature=0.7",
+            "decoding.n=3",
+            "decoding.seed=5",
+            "engine.max_response_length=77",
+            "prompt.max_prompt_length=3000",
+            "dtype=float32",
+            "engine.kv_cache_memory_mb=64",
+        ],
+    )
     carried = engine_config(sampled, "/models/x")
     assert (carried.model.path, carried.model.dtype, carried.data.max_prompt_length) == ("/models/x", "float32", 3000)
     assert (carried.rollout.seed, carried.rollout.kv_cache_memory_mb) == (5, 64)

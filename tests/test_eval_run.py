@@ -37,9 +37,17 @@ MODELS = ("a", "b")
 BENCHMARKS = ("colours", "sums")
 # The tiny model on vLLM's CPU backend, as the quickstart sizes it; short responses keep it quick.
 OVERRIDES = [
-    "device=cpu", "dtype=float32", "max_parallel=2", "models=[]", "benchmarks=[]",
-    "prompt.max_prompt_length=256", "prompt.min_pixels=3136", "prompt.max_pixels=12544",
-    "engine.max_response_length=24", "engine.kv_cache_memory_mb=64", "engine.enforce_eager=true",
+    "device=cpu",
+    "dtype=float32",
+    "max_parallel=2",
+    "models=[]",
+    "benchmarks=[]",
+    "prompt.max_prompt_length=256",
+    "prompt.min_pixels=3136",
+    "prompt.max_pixels=12544",
+    "engine.max_response_length=24",
+    "engine.kv_cache_memory_mb=64",
+    "engine.enforce_eager=true",
     "reward.num_workers=1",
 ]
 
@@ -49,18 +57,33 @@ def write_benchmarks(root: Path) -> tuple[Path, Path]:
     Image.new("RGB", (56, 56), (200, 30, 30)).save(root / "images" / "red.png")
     Image.new("RGB", (84, 56), (30, 30, 200)).save(root / "images" / "blue.png")
     colours = root / "colours.jsonl"
-    colours.write_text("".join(json.dumps(row) + "\n" for row in [
-        {"question": "What colour is this?", "answer": "red", "task": "vqa", "images": ["images/red.png"]},
-        {"question": "Which colour fills the image?", "answer": "blue", "task": "vqa", "images": ["images/blue.png"]},
-        {"question": "Name the colour.", "answer": "red", "task": "vqa", "images": ["images/red.png"]},
-    ]))
+    colours.write_text(
+        "".join(
+            json.dumps(row) + "\n"
+            for row in [
+                {"question": "What colour is this?", "answer": "red", "task": "vqa", "images": ["images/red.png"]},
+                {
+                    "question": "Which colour fills the image?",
+                    "answer": "blue",
+                    "task": "vqa",
+                    "images": ["images/blue.png"],
+                },
+                {"question": "Name the colour.", "answer": "red", "task": "vqa", "images": ["images/red.png"]},
+            ]
+        )
+    )
     sums = root / "sums.jsonl"
-    sums.write_text("".join(json.dumps(row) + "\n" for row in [
-        {"id": "two", "question": "What is 1 + 1?", "answer": "2", "task": "math", "images": []},
-        {"id": "ten", "question": "What is 7 + 3?", "answer": "10", "task": "math", "images": []},
-        {"id": "frac", "question": "Halve 3.", "answer": "\\frac{3}{2}", "task": "math", "images": []},
-        {"id": "big", "question": "What is 12 * 12?", "answer": "144", "task": "math", "images": []},
-    ]))
+    sums.write_text(
+        "".join(
+            json.dumps(row) + "\n"
+            for row in [
+                {"id": "two", "question": "What is 1 + 1?", "answer": "2", "task": "math", "images": []},
+                {"id": "ten", "question": "What is 7 + 3?", "answer": "10", "task": "math", "images": []},
+                {"id": "frac", "question": "Halve 3.", "answer": "\\frac{3}{2}", "task": "math", "images": []},
+                {"id": "big", "question": "What is 12 * 12?", "answer": "144", "task": "math", "images": []},
+            ]
+        )
+    )
     return colours, sums
 
 
@@ -86,8 +109,17 @@ def setup(tmp_path_factory, tiny_model_dir) -> dict:
     colours, sums = write_benchmarks(root / "bench")
     run = root / "run-b"
     b_model = write_run(run, seed=1)
-    args = ["--models", f"a={tiny_model_dir},b={run}", "--benchmarks", f"{colours},{sums}",
-            "--config", str(CONFIG), "--out", str(root / "out"), *OVERRIDES]
+    args = [
+        "--models",
+        f"a={tiny_model_dir},b={run}",
+        "--benchmarks",
+        f"{colours},{sums}",
+        "--config",
+        str(CONFIG),
+        "--out",
+        str(root / "out"),
+        *OVERRIDES,
+    ]
     return {"root": root, "out": root / "out", "args": args, "b_model": b_model, "colours": colours, "sums": sums}
 
 
@@ -109,8 +141,9 @@ def hand_count(samples: Sequence[dict]) -> dict[str, float]:
     return {
         "samples": len(samples),
         "accuracy": sum(s["reward"]["accuracy"] for s in samples) / len(samples),
-        "pass_at_k": statistics.fmean(any(s["correct"] for s in samples if s["id"] == uid)
-                                      for uid in {s["id"] for s in samples}),
+        "pass_at_k": statistics.fmean(
+            any(s["correct"] for s in samples if s["id"] == uid) for uid in {s["id"] for s in samples}
+        ),
         "format": sum(s["reward"]["format"] for s in samples) / len(samples),
         "mean_tokens": sum(tokens) / len(tokens),
         "median_tokens": tokens[middle] if len(tokens) % 2 else (tokens[middle - 1] + tokens[middle]) / 2,
@@ -134,8 +167,11 @@ def test_samples_are_complete_and_scored_by_the_training_rewards(first_run):
                 assert s["prompt"].startswith("<|im_start|>")
                 assert ("<|vision_start|>" in s["prompt"]) == (benchmark == "colours")
                 expected = score(s["task"], s["response"], s["answer"], prompt_format="boxed", format_weight=0.1)
-                assert s["reward"] == {"accuracy": expected.accuracy, "format": expected.format,
-                                       "total": expected.total}
+                assert s["reward"] == {
+                    "accuracy": expected.accuracy,
+                    "format": expected.format,
+                    "total": expected.total,
+                }
                 assert s["correct"] == (expected.accuracy == 1.0)
 
 
@@ -155,10 +191,12 @@ def test_tables_equal_a_hand_count_of_the_samples(first_run):
             for key, value in expected.items():
                 assert row[key] == pytest.approx(value, abs=1e-12), (model, benchmark, key)
                 assert float(csv_rows[model, benchmark][key]) == pytest.approx(value, abs=1e-12)
-            assert (f"| {model} | {benchmark} | {expected['samples']} | {100 * expected['accuracy']:.1f} "
-                    f"| {100 * expected['pass_at_k']:.1f} | {100 * expected['format']:.1f} "
-                    f"| {expected['mean_tokens']:.1f} | {expected['median_tokens']:.1f} "
-                    f"| {100 * expected['truncated']:.1f} |") in markdown
+            assert (
+                f"| {model} | {benchmark} | {expected['samples']} | {100 * expected['accuracy']:.1f} "
+                f"| {100 * expected['pass_at_k']:.1f} | {100 * expected['format']:.1f} "
+                f"| {expected['mean_tokens']:.1f} | {expected['median_tokens']:.1f} "
+                f"| {100 * expected['truncated']:.1f} |"
+            ) in markdown
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert payload["settings"]["models"]["b"] == str(first_run["b_model"].resolve())  # the run's checkpoint
 
@@ -182,8 +220,9 @@ def test_sampled_decoding_gives_k_seeded_samples_per_prompt_and_pass_at_k(first_
     from tiny_r1v.rewards import ScorerPool
 
     def sampled(seed: int) -> EvalConfig:
-        return load_config(EvalConfig, CONFIG, [*OVERRIDES, "decoding.temperature=1.0", "decoding.n=3",
-                                                f"decoding.seed={seed}"])
+        return load_config(
+            EvalConfig, CONFIG, [*OVERRIDES, "decoding.temperature=1.0", "decoding.n=3", f"decoding.seed={seed}"]
+        )
 
     cfg = sampled(7)
     (benchmark,) = resolve_benchmarks(cfg, [str(first_run["sums"])])
@@ -231,10 +270,14 @@ def replay(calls: list, source: Path):
         calls.append([(model.name, [b.name for b in benchmarks]) for model, benchmarks in jobs])
         for model, benchmarks in jobs:
             for benchmark in benchmarks:
-                finish(model, benchmark, [
-                    Generation(s["id"], s["sample"], s["prompt"], s["response"], s["tokens"], s["finish_reason"])
-                    for s in read_samples(source, model.name, benchmark.name)
-                ])
+                finish(
+                    model,
+                    benchmark,
+                    [
+                        Generation(s["id"], s["sample"], s["prompt"], s["response"], s["tokens"], s["finish_reason"])
+                        for s in read_samples(source, model.name, benchmark.name)
+                    ],
+                )
 
     return generate_on_ray
 

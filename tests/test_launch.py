@@ -16,7 +16,10 @@ VENV_BIN = Path(sys.executable).parent
 def launch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "launch" / "lipo.py"), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -55,8 +58,9 @@ def test_bad_dataset_row_names_file_and_row(tiny_model_dir, tmp_path):
 def test_bad_validation_row_names_file_and_row(tiny_model_dir, tmp_path):
     train = write_data(tmp_path / "train", [GOOD_ROW])
     val = write_data(tmp_path / "val", [GOOD_ROW, {**GOOD_ROW, "answer": ""}])
-    result = launch(f"model.path={tiny_model_dir}", f"data.train_files=[{train}]", f"data.val_files=[{val}]",
-                    "data.task=vqa")
+    result = launch(
+        f"model.path={tiny_model_dir}", f"data.train_files=[{train}]", f"data.val_files=[{val}]", "data.task=vqa"
+    )
     assert result.returncode == 2
     assert f"{val}, row 2" in result.stderr and "answer" in result.stderr
     assert "Started a local Ray instance" not in result.stderr
@@ -65,8 +69,14 @@ def test_bad_validation_row_names_file_and_row(tiny_model_dir, tmp_path):
 def test_a_new_run_over_an_earlier_runs_checkpoints_stops_before_anything_starts(tiny_model_dir, tmp_path):
     data = write_data(tmp_path / "data", [GOOD_ROW])
     (tmp_path / "out" / "old" / "checkpoints" / "step-000004").mkdir(parents=True)
-    result = launch(f"model.path={tiny_model_dir}", f"data.train_files=[{data}]", "data.val_files=[]",
-                    "data.task=vqa", f"trainer.output_dir={tmp_path / 'out'}", "trainer.experiment_name=old")
+    result = launch(
+        f"model.path={tiny_model_dir}",
+        f"data.train_files=[{data}]",
+        "data.val_files=[]",
+        "data.task=vqa",
+        f"trainer.output_dir={tmp_path / 'out'}",
+        "trainer.experiment_name=old",
+    )
     assert result.returncode == 2
     assert "step-000004" in result.stderr and "pass --resume" in result.stderr
     assert "Started a local Ray instance" not in result.stderr

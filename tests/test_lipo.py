@@ -34,9 +34,7 @@ def test_length_decay_endpoints_and_midpoint():
 
 def test_all_correct_group_grpo_zero_lipo_prefers_short():
     rewards, lengths = [1.0, 1.0, 1.0, 1.0], [10, 20, 30, 40]
-    grpo, _ = compute_grpo_outcome_advantage(
-        torch.tensor(rewards).unsqueeze(-1), torch.ones(4, 1), np.zeros(4)
-    )
+    grpo, _ = compute_grpo_outcome_advantage(torch.tensor(rewards).unsqueeze(-1), torch.ones(4, 1), np.zeros(4))
     assert torch.all(grpo == 0)
 
     out = run(rewards, lengths)
@@ -130,8 +128,9 @@ def test_registered_in_verl_and_broadcast_over_tokens():
     torch.testing.assert_close(advantages, expected.unsqueeze(-1) * mask)
     assert advantages is returns or torch.equal(advantages, returns)
     # A `lipo` section in the algorithm config reaches the maths.
-    no_bonus, _ = fn(token_level_rewards=rewards, response_mask=mask, index=np.array([0, 0, 1, 1]),
-                     config={"lipo": {"eta": 0.0}})
+    no_bonus, _ = fn(
+        token_level_rewards=rewards, response_mask=mask, index=np.array([0, 0, 1, 1]), config={"lipo": {"eta": 0.0}}
+    )
     assert no_bonus[0, 0] == 0.0  # group 0: equal rewards, no bonus -> zero advantage
 
 
@@ -147,8 +146,21 @@ def test_rejects_bad_shapes_and_settings():
 # --- Reference: a plain loop over groups, written straight from SPEC §2 ---------------------------
 
 
-def reference(rewards, lengths, index, *, xi=0.0, q_min=0.5, delta_len=1, eta=0.2, l_max=L_MAX,
-              penalize_worse_shorter=False, l_opt_over="all", kappa=0.5, scale_by_weight=False):
+def reference(
+    rewards,
+    lengths,
+    index,
+    *,
+    xi=0.0,
+    q_min=0.5,
+    delta_len=1,
+    eta=0.2,
+    l_max=L_MAX,
+    penalize_worse_shorter=False,
+    l_opt_over="all",
+    kappa=0.5,
+    scale_by_weight=False,
+):
     out = {}
     for g in dict.fromkeys(index):
         members = [i for i, label in enumerate(index) if label == g]

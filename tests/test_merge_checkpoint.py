@@ -39,8 +39,9 @@ class Inputs:
 
     def config(self, output: Path, *overrides: str) -> MergeConfig:
         experts = ", ".join(f"{{name: {name}, path: {self.runs / name}}}" for name in EXPERTS)
-        return load_config(MergeConfig, None, [f"base={self.base}", f"experts=[{experts}]", f"output={output}",
-                                               *FAST, *overrides])
+        return load_config(
+            MergeConfig, None, [f"base={self.base}", f"experts=[{experts}]", f"output={output}", *FAST, *overrides]
+        )
 
 
 def save_model(state: dict[str, torch.Tensor], like: Path, out: Path, shard_bytes: int | None) -> Path:
@@ -67,8 +68,9 @@ def inputs(tiny_model_dir, tmp_path_factory) -> Inputs:
     for k, (name, shard_bytes) in enumerate(zip(EXPERTS, (total // 3, total * 6 // 10, None), strict=True)):
         g = torch.Generator().manual_seed(k)
         experts[name] = {
-            tensor: value if name == "chart" and tensor.startswith("visual.") else
-            value + 2e-3 * torch.randn(value.shape, generator=g)
+            tensor: value
+            if name == "chart" and tensor.startswith("visual.")
+            else value + 2e-3 * torch.randn(value.shape, generator=g)
             for tensor, value in state.items()
         }
         step = root / "runs" / name / "checkpoints" / "step-000002"
@@ -146,15 +148,25 @@ def bad_expert(inputs: Inputs, out: Path, edit) -> Path:
     return save_model(state, inputs.base, out, shard_bytes=None)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda s: s.pop("model.norm.weight"), "expert 'bad' lacks tensor 'model.norm.weight'"),
-    (lambda s: s.update({"visual.extra.weight": torch.ones(2)}), "expert 'bad' has tensor 'visual.extra.weight', "
-                                                                 "which the base lacks"),
-    (lambda s: s.update({"model.layers.1.self_attn.q_proj.bias": torch.ones(127)}),
-     "tensor 'model.layers.1.self_attn.q_proj.bias': expert 'bad' has shape [127], the base [128]"),
-    (lambda s: s.update({"visual.merger.ln_q.weight": torch.ones(128, dtype=torch.float16)}),
-     "tensor 'visual.merger.ln_q.weight': expert 'bad' has dtype torch.float16, the base torch.float32"),
-], ids=["missing", "extra", "shape", "dtype"])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.pop("model.norm.weight"), "expert 'bad' lacks tensor 'model.norm.weight'"),
+        (
+            lambda s: s.update({"visual.extra.weight": torch.ones(2)}),
+            "expert 'bad' has tensor 'visual.extra.weight', which the base lacks",
+        ),
+        (
+            lambda s: s.update({"model.layers.1.self_attn.q_proj.bias": torch.ones(127)}),
+            "tensor 'model.layers.1.self_attn.q_proj.bias': expert 'bad' has shape [127], the base [128]",
+        ),
+        (
+            lambda s: s.update({"visual.merger.ln_q.weight": torch.ones(128, dtype=torch.float16)}),
+            "tensor 'visual.merger.ln_q.weight': expert 'bad' has dtype torch.float16, the base torch.float32",
+        ),
+    ],
+    ids=["missing", "extra", "shape", "dtype"],
+)
 def test_mismatched_expert_stops_before_writing(inputs, tmp_path, edit, message):
     bad = bad_expert(inputs, tmp_path / "bad", edit)
     cfg = inputs.config(tmp_path / "out")

@@ -34,18 +34,35 @@ def test_methods_agree_with_the_cpu(method):
 @pytest.mark.parametrize("method", ["task_arithmetic", "amm"])
 def test_merge_job_on_cuda_writes_the_cpu_checkpoint(method, tmp_path):
     base = write_checkpoint(tmp_path / "base", SHAPES, dtype=torch.bfloat16, shard_mb=1)
-    experts = [str(write_checkpoint(tmp_path / f"e{k}", SHAPES, dtype=torch.bfloat16, expert=k, shard_mb=1))
-               for k in range(3)]
+    experts = [
+        str(write_checkpoint(tmp_path / f"e{k}", SHAPES, dtype=torch.bfloat16, expert=k, shard_mb=1)) for k in range(3)
+    ]
     outputs = {}
     for device in ("cpu", "cuda"):
-        cfg = load_config(MergeConfig, None, [f"base={base}", f"output={tmp_path / device}", f"method={method}",
-                                              f"device={device}", "amm.steps=20", "shard_size_mb=1"])
+        cfg = load_config(
+            MergeConfig,
+            None,
+            [
+                f"base={base}",
+                f"output={tmp_path / device}",
+                f"method={method}",
+                f"device={device}",
+                "amm.steps=20",
+                "shard_size_mb=1",
+            ],
+        )
         provenance = merge(cfg, *resolve(cfg, experts))
         assert provenance["device"].startswith(device)
-        outputs[device] = {name: t for f in sorted((tmp_path / device).glob("*.safetensors"))
-                           for name, t in load_file(f).items()}
+        outputs[device] = {
+            name: t for f in sorted((tmp_path / device).glob("*.safetensors")) for name, t in load_file(f).items()
+        }
     assert outputs["cpu"].keys() == outputs["cuda"].keys() == SHAPES.keys()
     for name, expected in outputs["cpu"].items():
         # bfloat16 results: equal up to one rounding step of the stored dtype.
-        torch.testing.assert_close(outputs["cuda"][name].float(), expected.float(), rtol=1e-2, atol=1e-4,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            outputs["cuda"][name].float(),
+            expected.float(),
+            rtol=1e-2,
+            atol=1e-4,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )

@@ -27,17 +27,24 @@ def config(tmp_path_factory) -> Path:
     for k, name in enumerate("ab"):
         write_checkpoint(root / name, SHAPES, expert=k)
     path = root / "amm.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": str(root / "base"),
-        "experts": [{"name": name, "path": str(root / name)} for name in "ab"],
-        "amm": {"steps": 3}, "wudi": {"steps": 3}, "device": "cpu",
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(root / "base"),
+                "experts": [{"name": name, "path": str(root / name)} for name in "ab"],
+                "amm": {"steps": 3},
+                "wudi": {"steps": 3},
+                "device": "cpu",
+            }
+        )
+    )
     return path
 
 
 def launch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "launch" / "amm.py"), *args],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "amm.py"), *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
 
 
 def test_mismatched_expert_stops_before_ray_starts(config, tmp_path):
@@ -45,8 +52,10 @@ def test_mismatched_expert_stops_before_ray_starts(config, tmp_path):
     write_checkpoint(tmp_path / "odd", shapes, expert=3)
     result = launch("--config", str(config), "--experts", f"a,{tmp_path / 'odd'}", "--out", str(tmp_path / "out"))
     assert result.returncode == 2, result.stderr
-    assert ("tensor 'model.layers.1.mlp.up_proj.weight': expert 'odd' has shape [64, 64], the base [128, 64]"
-            in result.stderr)
+    assert (
+        "tensor 'model.layers.1.mlp.up_proj.weight': expert 'odd' has shape [64, 64], the base [128, 64]"
+        in result.stderr
+    )
     assert "Started a local Ray instance" not in result.stderr and not (tmp_path / "out").exists()
 
 
@@ -67,8 +76,10 @@ def test_unknown_expert_and_bad_key_are_named(config, capsys):
 
 def test_merges_experts_named_in_the_config_in_a_ray_actor(config, tmp_path, ray_local, capsys):
     out = tmp_path / "merged"
-    assert run_main("--config", str(config), "--experts", "a,b", "--method", "wudi", "--out", str(out),
-                    "wudi.lr=1e-4") == 0
+    assert (
+        run_main("--config", str(config), "--experts", "a,b", "--method", "wudi", "--out", str(out), "wudi.lr=1e-4")
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "merged a, b into" in printed and "with wudi on cpu" in printed and f"output: {out}" in printed
     provenance = json.loads((out / PROVENANCE).read_text())

@@ -43,8 +43,12 @@ print(json.dumps({"before": before, "peak": peak_rss()}))
 def test_peak_memory_is_bounded_by_the_largest_tensor_not_the_model(tmp_path):
     write_checkpoint(tmp_path / "base", SHAPES, shard_mb=32)
     experts = [str(write_checkpoint(tmp_path / f"e{k}", SHAPES, expert=k, shard_mb=32)) for k in range(EXPERTS)]
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "base"), str(tmp_path / "out"), *experts],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "base"), str(tmp_path / "out"), *experts],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
 

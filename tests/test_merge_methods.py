@@ -73,23 +73,27 @@ def test_closed_form_reaches_a_loss_no_higher_than_adam():
 def test_amm_with_uniform_alpha_no_beta_no_projection_is_wudi():
     taus = task_vectors(3, 16, 6)
     plain = AmmConfig(steps=25, alpha="uniform", beta="none", projection="none")
-    torch.testing.assert_close(METHODS["amm"](taus, plain), METHODS["wudi"](taus, WudiConfig(steps=25)),
-                               rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(
+        METHODS["amm"](taus, plain), METHODS["wudi"](taus, WudiConfig(steps=25)), rtol=1e-6, atol=1e-9
+    )
     # the switches change the result
     assert not torch.allclose(METHODS["amm"](taus, AmmConfig(steps=25)), METHODS["amm"](taus, plain))
 
 
 def test_task_arithmetic_hand_computed():
-    taus = torch.tensor([[[1.0, 2, 0], [0, -1, 3], [2, 0, 1]],
-                         [[0.0, -2, 1], [4, 1, 0], [-2, 1, 0]]])
+    taus = torch.tensor([[[1.0, 2, 0], [0, -1, 3], [2, 0, 1]], [[0.0, -2, 1], [4, 1, 0], [-2, 1, 0]]])
     expected = torch.tensor([[0.3, 0, 0.3], [1.2, 0, 0.9], [0, 0.3, 0.3]])
     torch.testing.assert_close(METHODS["task_arithmetic"](taus, TaskArithmeticConfig(lam=0.3)), expected)
 
 
 def test_ties_hand_computed():
-    taus = torch.tensor([[[0.9, -0.1, 0.4], [-0.6, 0.2, 0.8], [0.3, -0.7, 0.05]],
-                         [[-0.5, 0.3, 0.6], [0.7, -0.2, 0.1], [-0.9, 0.4, 0.8]],
-                         [[0.2, 0.8, -0.3], [-0.1, 0.9, -0.4], [0.6, -0.5, 0.7]]])
+    taus = torch.tensor(
+        [
+            [[0.9, -0.1, 0.4], [-0.6, 0.2, 0.8], [0.3, -0.7, 0.05]],
+            [[-0.5, 0.3, 0.6], [0.7, -0.2, 0.1], [-0.9, 0.4, 0.8]],
+            [[0.2, 0.8, -0.3], [-0.1, 0.9, -0.4], [0.6, -0.5, 0.7]],
+        ]
+    )
     # Keep 4 of 9 entries each; the elected sign of entry (1, 0) is + (-0.6 + 0.7), so the
     # disjoint mean keeps 0.7 only; (2, 0) is - (-0.9 + 0.6); (2, 2) averages 0.8 and 0.7.
     expected = torch.tensor([[0.9, 0.8, 0.6], [0.7, 0.9, 0.8], [-0.9, -0.7, 0.75]])

@@ -65,13 +65,17 @@ def test_tied_head_is_merged_as_the_embedding(saved_shapes):
 
 
 def test_unmatched_and_ambiguous_names_are_named():
-    shapes = {"model.layers.0.mlp.up_proj.weight": (4, 2), "model.layers.0.mlp.experts.weight": (4, 2),
-              "visual.blocks.0.mlp.up_proj.weight": (4,)}
+    shapes = {
+        "model.layers.0.mlp.up_proj.weight": (4, 2),
+        "model.layers.0.mlp.experts.weight": (4, 2),
+        "visual.blocks.0.mlp.up_proj.weight": (4,),
+    }
     with pytest.raises(MergeError) as err:
         assign(shapes, "mean", tied=False)
     assert "'model.layers.0.mlp.experts.weight' matches no rule" in str(err.value)
-    assert "'visual.blocks.0.mlp.up_proj.weight' (rule vision.linear) is a linear weight but has shape [4]" \
-        in str(err.value)
+    assert "'visual.blocks.0.mlp.up_proj.weight' (rule vision.linear) is a linear weight but has shape [4]" in str(
+        err.value
+    )
     overlapping = (*RULES, Rule("catch-all", r".*", "language", "other"))
     with pytest.raises(MergeError, match=r"'model.layers.0.mlp.up_proj.weight' matches rules lm.linear, catch-all"):
         assign({"model.layers.0.mlp.up_proj.weight": (4, 2)}, "mean", tied=False, rules=overlapping)
@@ -93,12 +97,15 @@ def test_shipped_config_validates_and_lists_every_key():
     assert set(keys(yaml.safe_load(CONFIG.read_text()))) == set(keys(to_dict(cfg)))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("method=slerp", "method: must be one of"),
-    ("amm.alpha=mean", "amm.alpha: must be one of"),
-    ("ties.density=0", "ties.density: must be in (0, 1]"),
-    ("experts=[{name: a, path: x}, {name: a, path: y}]", "experts[1].name: duplicate name 'a'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("method=slerp", "method: must be one of"),
+        ("amm.alpha=mean", "amm.alpha: must be one of"),
+        ("ties.density=0", "ties.density: must be in (0, 1]"),
+        ("experts=[{name: a, path: x}, {name: a, path: y}]", "experts[1].name: duplicate name 'a'"),
+    ],
+)
 def test_bad_merge_config_names_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(MergeConfig, CONFIG, [override])

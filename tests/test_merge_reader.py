@@ -21,8 +21,9 @@ SHAPES = lm_shapes(layers=3, hidden=256, intermediate=512, kv_dim=64)  # bfloat1
 @pytest.fixture
 def checkpoints(tmp_path):
     base = write_checkpoint(tmp_path / "base", SHAPES, dtype=torch.bfloat16, shard_mb=1)
-    experts = [write_checkpoint(tmp_path / f"e{k}", SHAPES, dtype=torch.bfloat16, expert=k, shard_mb=1)
-               for k in range(2)]
+    experts = [
+        write_checkpoint(tmp_path / f"e{k}", SHAPES, dtype=torch.bfloat16, expert=k, shard_mb=1) for k in range(2)
+    ]
     return base, experts
 
 

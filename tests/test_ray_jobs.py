@@ -50,8 +50,12 @@ def _wait_for_dashboard(port: int, timeout: float) -> None:
 def submit() -> Iterator:
     """A started head; yields `submit(*entry_point_args)` -> the finished `ray job submit`."""
     # The venv's python runs the jobs; token auth is off on this throwaway local head.
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "disabled"}
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+    }
     env.pop("RAY_ADDRESS", None)
     gcs, dashboard, agent, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(6))
     # Its own temp dir: `ray start` records its address in <temp>/ray_current_cluster, which a
@@ -59,14 +63,29 @@ def submit() -> Iterator:
     # Short (unix socket paths are limited to ~107 bytes), so not under pytest's tmp_path.
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs}", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         # Free ports for the node's agents too: the defaults (52365 for the agent that runs jobs)
-         # may be held by the session's own Ray instance, and a head whose agent cannot bind
-         # answers every submission with "No available agent".
-         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--temp-dir={temp_dir}",
+            f"--port={gcs}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            # Free ports for the node's agents too: the defaults (52365 for the agent that runs jobs)
+            # may be held by the session's own Ray instance, and a head whose agent cannot bind
+            # answers every submission with "No available agent".
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={runtime_env}",
+            f"--metrics-export-port={metrics}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
     def run(*args: str) -> subprocess.CompletedProcess:
@@ -75,7 +94,11 @@ def submit() -> Iterator:
         while True:
             result = subprocess.run(
                 [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--", "python", *args],
-                env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                cwd=ROOT,
             )
             # The job server answers before the head's agent that runs jobs has registered.
             if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
@@ -118,8 +141,18 @@ def test_amm_merges_as_a_ray_job(submit, tmp_path):
     base = write_checkpoint(tmp_path / "base", shapes)
     experts = [str(write_checkpoint(tmp_path / name, shapes, expert=k)) for k, name in enumerate(("math", "ocr"))]
     out = tmp_path / "merged"
-    result = submit(str(ROOT / "launch" / "amm.py"), "--experts", ",".join(experts), "--out", str(out),
-                    f"base={base}", "experts=[]", "amm.steps=3", "device=cpu", "hash_inputs=false")
+    result = submit(
+        str(ROOT / "launch" / "amm.py"),
+        "--experts",
+        ",".join(experts),
+        "--out",
+        str(out),
+        f"base={base}",
+        "experts=[]",
+        "amm.steps=3",
+        "device=cpu",
+        "hash_inputs=false",
+    )
     assert "merged math, ocr into" in result.stdout
     provenance = json.loads((out / PROVENANCE).read_text())
     assert provenance["method"] == "amm" and provenance["tensors"]["merge"] == 7

@@ -26,10 +26,16 @@ def prompts(tiny_model_dir) -> list[Prompt]:
         return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
     return [
-        Prompt("red", render([{"type": "image"}, {"type": "text", "text": "What colour?"}]),
-               (Image.new("RGB", (84, 56), (200, 20, 20)),)),
-        Prompt("blue", render([{"type": "image"}, {"type": "text", "text": "What colour?"}]),
-               (Image.new("RGB", (56, 56), (20, 20, 200)),)),
+        Prompt(
+            "red",
+            render([{"type": "image"}, {"type": "text", "text": "What colour?"}]),
+            (Image.new("RGB", (84, 56), (200, 20, 20)),),
+        ),
+        Prompt(
+            "blue",
+            render([{"type": "image"}, {"type": "text", "text": "What colour?"}]),
+            (Image.new("RGB", (56, 56), (20, 20, 200)),),
+        ),
         Prompt("text", render([{"type": "text", "text": "What is 2 + 3?"}])),
     ]
 

@@ -22,15 +22,48 @@ from tiny_r1v.trainer.driver import Trainer
 pytestmark = pytest.mark.vllm
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "yellow": (220, 220, 40)}
-VAL_METRICS = ["val/samples", "val/reward/mean", "val/reward/accuracy", "val/reward/format", "val/length/mean",
-               "val/length/clip_frac", "time/validation"]
+VAL_METRICS = [
+    "val/samples",
+    "val/reward/mean",
+    "val/reward/accuracy",
+    "val/reward/format",
+    "val/length/mean",
+    "val/length/clip_frac",
+    "time/validation",
+]
 METRICS = [
-    "reward/mean", "reward/accuracy", "reward/format", "reward/timeouts", "reward/errors",
-    "length/mean", "length/p50", "length/p90", "length/clip_frac",
-    "lipo/bonus_mean", "lipo/boosted_frac", "adv/mean", "adv/std", "adv/max", "adv/min",
-    "actor/kl", "actor/entropy", "actor/pg_clipfrac", "actor/grad_norm", "actor/pg_loss",
-    "time/rollout", "time/reward", "time/learner", "time/old_logprob", "time/ref_logprob", "time/update",
-    "time/sync", "time/step", "perf/tokens_per_s", "sync/seconds", "sync/bytes", "rollout/weight_version",
+    "reward/mean",
+    "reward/accuracy",
+    "reward/format",
+    "reward/timeouts",
+    "reward/errors",
+    "length/mean",
+    "length/p50",
+    "length/p90",
+    "length/clip_frac",
+    "lipo/bonus_mean",
+    "lipo/boosted_frac",
+    "adv/mean",
+    "adv/std",
+    "adv/max",
+    "adv/min",
+    "actor/kl",
+    "actor/entropy",
+    "actor/pg_clipfrac",
+    "actor/grad_norm",
+    "actor/pg_loss",
+    "time/rollout",
+    "time/reward",
+    "time/learner",
+    "time/old_logprob",
+    "time/ref_logprob",
+    "time/update",
+    "time/sync",
+    "time/step",
+    "perf/tokens_per_s",
+    "sync/seconds",
+    "sync/bytes",
+    "rollout/weight_version",
 ]
 
 
@@ -39,8 +72,9 @@ def write_dataset(directory: Path) -> Path:
     rows = []
     for name, rgb in COLOURS.items():
         Image.new("RGB", (56, 56), rgb).save(directory / "images" / f"{name}.png")
-        rows.append({"question": "What colour is the image?", "answer": name, "task": "vqa",
-                     "images": [f"images/{name}.png"]})
+        rows.append(
+            {"question": "What colour is the image?", "answer": name, "task": "vqa", "images": [f"images/{name}.png"]}
+        )
     path = directory / "train.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -72,8 +106,9 @@ def make_config(model_dir: Path, data: Path, out: Path, **overrides) -> TrainCon
 
 
 def examples_of(cfg: TrainConfig, files: tuple[str, ...] | None = None):
-    return load_examples(cfg.data.train_files if files is None else files,
-                         min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+    return load_examples(
+        cfg.data.train_files if files is None else files, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels
+    )
 
 
 def trainer_of(cfg: TrainConfig, resume: bool = False) -> Trainer:

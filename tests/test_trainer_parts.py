@@ -48,11 +48,18 @@ def test_metrics_file_is_cut_back_to_the_resumed_step(tmp_path):
     log.log(0, {"val/samples": 2.0}, advance=False)
     log.close()
     assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
-        {"step": 0, "val/samples": 2.0}]
+        {"step": 0, "val/samples": 2.0}
+    ]
 
 
-ORDER = {"dataset_size": 10, "data.seed": 1, "data.shuffle": True, "trainer.rollout_batch_size": 4,
-         "rollout.seed": 1, "rollout.n": 2}
+ORDER = {
+    "dataset_size": 10,
+    "data.seed": 1,
+    "data.shuffle": True,
+    "trainer.rollout_batch_size": 4,
+    "rollout.seed": 1,
+    "rollout.n": 2,
+}
 
 
 def test_checkpoints_publish_atomically_and_keep_the_last(tmp_path, monkeypatch):
@@ -97,10 +104,13 @@ def test_resume_refuses_another_data_order(tmp_path):
 
 
 def test_trend_compares_the_first_and_last_steps():
-    rows = [{"step": i + 1, "reward/mean": r, "length/mean": 10.0 * (8 - i)} for i, r in
-            enumerate([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 0.9, 0.5])]
-    assert trend(rows, window=3) == ("reward/mean 0.2 -> 0.8, length/mean 70 -> 20 "
-                                     "(means of the first and last 3 steps)")
+    rows = [
+        {"step": i + 1, "reward/mean": r, "length/mean": 10.0 * (8 - i)}
+        for i, r in enumerate([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 0.9, 0.5])
+    ]
+    assert trend(rows, window=3) == (
+        "reward/mean 0.2 -> 0.8, length/mean 70 -> 20 (means of the first and last 3 steps)"
+    )
     # A short run: half of its steps for each end.
     short = trend(rows[:2], keys=["reward/mean"], window=5)
     assert short == "reward/mean 0 -> 0.2 (means of the first and last 1 steps)"
@@ -122,8 +132,11 @@ def test_packed_weights_round_trip_every_dtype_and_shape():
         assert out[name].dtype == tensor.dtype and out[name].shape == tensor.shape
         assert torch.equal(out[name], tensor), name
     # Byte views of the learner's tensors: no copy but of the non-contiguous one.
-    shared = {name: array.ctypes.data == state[name].data_ptr() for (name, *_), array in
-              zip(packed.entries, packed.arrays, strict=True) if state[name].numel()}
+    shared = {
+        name: array.ctypes.data == state[name].data_ptr()
+        for (name, *_), array in zip(packed.entries, packed.arrays, strict=True)
+        if state[name].numel()
+    }
     assert shared == {"a.weight": True, "b.bias": True, "c.steps": True, "d.weight": False}
 
 

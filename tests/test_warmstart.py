@@ -60,26 +60,42 @@ def test_targets_fit_the_tiny_tokenizer(tiny_model_dir: Path) -> None:
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six solid-colour images asking for their colour, in the dataset format."""
     out = tmp_path_factory.mktemp("colours")
-    colours = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220),
-               "yellow": (230, 230, 20), "black": (0, 0, 0), "gray": (128, 128, 128)}
+    colours = {
+        "red": (220, 20, 20),
+        "green": (20, 200, 20),
+        "blue": (20, 20, 220),
+        "yellow": (230, 230, 20),
+        "black": (0, 0, 0),
+        "gray": (128, 128, 128),
+    }
     with DatasetWriter(out, split="train", prefix="colours") as writer:
         for name, rgb in colours.items():
             image = writer.image(name, Image.new("RGB", (56, 56), rgb))
-            writer.row(uid=name, task="vqa", question="what color is the shape?", answer=name,
-                       images=[image])
+            writer.row(uid=name, task="vqa", question="what color is the shape?", answer=name, images=[image])
     return writer.path
 
 
-def test_warm_start_learns_saves_and_is_deterministic(tiny_model_dir: Path, dataset: Path,
-                                                      tmp_path: Path) -> None:
+def test_warm_start_learns_saves_and_is_deterministic(tiny_model_dir: Path, dataset: Path, tmp_path: Path) -> None:
     pixels = {"min_pixels": 3136, "max_pixels": 12544}
     examples = load_examples(dataset, **pixels)
     settings = {"steps": 12, "lr": 2e-3, "batch_size": 4, "seed": 3}
     first = warm_start(tiny_model_dir, examples, tmp_path / "first", **settings)
     # The command line runs the same function: same data and settings, same weights.
-    main(["--model", str(tiny_model_dir), "--data", str(dataset), "--out", str(tmp_path / "cli"),
-          "--min-pixels", "3136", "--max-pixels", "12544",
-          *[f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]])
+    main(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / "cli"),
+            "--min-pixels",
+            "3136",
+            "--max-pixels",
+            "12544",
+            *[f"--{key.replace('_', '-')}={value}" for key, value in settings.items()],
+        ]
+    )
 
     losses = json.loads((first / LOG_FILE).read_text())["losses"]
     assert len(losses) == 12

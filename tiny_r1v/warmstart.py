@@ -68,8 +68,9 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _MODEL_FILES = ("config.json", "generation_config.json")
 
 
-def build_target(answer: str, rng: random.Random, *, prompt_format: PromptFormat = "boxed",
-                 max_fillers: int = MAX_FILLERS) -> str:
+def build_target(
+    answer: str, rng: random.Random, *, prompt_format: PromptFormat = "boxed", max_fillers: int = MAX_FILLERS
+) -> str:
     """A verbose target response for `answer` (without the end-of-turn token).
 
     The reasoning is a random number (0..`max_fillers`) of distinct `FILLER_SENTENCES` followed by
@@ -135,9 +136,18 @@ def warm_start(
                 source, dtype=torch.float32, attn_implementation="sdpa"
             )
             losses = _train(
-                model, processor, examples, rng, prompt_format=prompt_format, steps=steps, lr=lr,
-                batch_size=batch_size, max_fillers=max_fillers, warmup_steps=warmup_steps,
-                max_grad_norm=max_grad_norm, log_every=log_every,
+                model,
+                processor,
+                examples,
+                rng,
+                prompt_format=prompt_format,
+                steps=steps,
+                lr=lr,
+                batch_size=batch_size,
+                max_fillers=max_fillers,
+                warmup_steps=warmup_steps,
+                max_grad_norm=max_grad_norm,
+                log_every=log_every,
             )
     finally:
         torch.set_num_threads(threads)
@@ -181,9 +191,7 @@ def _train(
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
     # Warm-up keeps the first Adam steps of a random model from overshooting; the cosine tail
     # lets the last steps settle instead of leaving the weights mid-oscillation.
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, warmup_steps, steps)
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, steps))
     # Prompts are encoded once, on first use: the processor (image resize, patching) costs more
     # than a training step of a tiny model.
     encoded: dict[str, EncodedPrompt] = {}
@@ -198,12 +206,10 @@ def _train(
             if example.uid not in encoded:
                 prompt = _render(processor, example, prompt_format)
                 encoded[example.uid] = encode_prompt(processor, prompt, image_token_id, merge_size)
-            target = build_target(example.answer, rng, prompt_format=prompt_format,
-                                  max_fillers=max_fillers)
+            target = build_target(example.answer, rng, prompt_format=prompt_format, max_fillers=max_fillers)
             ids = processor.tokenizer.encode(target, add_special_tokens=False) + [end_of_turn]
             # `prompt` is only a label for collate's errors; the encoded prompt carries the inputs.
-            sample = TrainSample(prompt=Prompt(uid=example.uid, text=""), response_ids=tuple(ids),
-                                 advantage=0.0)
+            sample = TrainSample(prompt=Prompt(uid=example.uid, text=""), response_ids=tuple(ids), advantage=0.0)
             batch.append((encoded[example.uid], sample))
         inputs = collate(batch, config.text_config.pad_token_id)
         logprobs, _ = policy(inputs)
@@ -246,9 +252,7 @@ def _save(model: Qwen2_5_VLForConditionalGeneration, source: Path, out: Path) ->
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tiny_r1v.warmstart", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tiny_r1v.warmstart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="source model directory")
     parser.add_argument("--data", required=True, nargs="+", help="dataset file(s), JSONL or Parquet")
     parser.add_argument("--out", required=True, help="output model directory")
@@ -273,9 +277,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_pixels=args.max_pixels or size["longest_edge"],
     )
     out = warm_start(
-        args.model, examples, args.out, prompt_format=args.prompt_format, steps=args.steps,
-        lr=args.lr, batch_size=args.batch_size, seed=args.seed, max_fillers=args.max_fillers,
-        log_every=max(1, args.steps // 20), num_threads=args.num_threads,
+        args.model,
+        examples,
+        args.out,
+        prompt_format=args.prompt_format,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_fillers=args.max_fillers,
+        log_every=max(1, args.steps // 20),
+        num_threads=args.num_threads,
     )
     log = json.loads((out / LOG_FILE).read_text())
     print(f"wrote {out} in {log['seconds']} s; loss {log['losses'][0]:.3f} -> {log['losses'][-1]:.3f}")

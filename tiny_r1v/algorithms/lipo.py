@@ -86,12 +86,7 @@ def adjust_rewards(
     shorter, longer = slice(None, -1), slice(1, None)
     same_group = g[shorter] == g[longer]
     gap = r[longer] - r[shorter]
-    similar = (
-        same_group
-        & (gap.abs() <= xi)
-        & (r[shorter] >= q_min)
-        & (length[longer] - length[shorter] >= delta_len)
-    )
+    similar = same_group & (gap.abs() <= xi) & (r[shorter] >= q_min) & (length[longer] - length[shorter] >= delta_len)
     factor = torch.ones_like(r)
     phi = length_decay(length[shorter], l_max)
     factor[shorter] = torch.where(similar, 1.0 + eta * phi, factor[shorter])
@@ -103,9 +98,7 @@ def adjust_rewards(
     return adjusted
 
 
-def optimal_lengths(
-    lengths: torch.Tensor, group: torch.Tensor, include: torch.Tensor, num_groups: int
-) -> torch.Tensor:
+def optimal_lengths(lengths: torch.Tensor, group: torch.Tensor, include: torch.Tensor, num_groups: int) -> torch.Tensor:
     """``L_opt = max(2 * min L, median L)`` per group over the responses in ``include``.
 
     A group with no included response falls back to all of its responses. The median of an
@@ -119,9 +112,7 @@ def optimal_lengths(
     include = include | ~has_any[group]
     order = _sort_within_groups(group, ~include, lengths)
     count = _group_sum(include.to(torch.long), group, num_groups)
-    start = torch.cumsum(torch.bincount(group, minlength=num_groups), 0) - torch.bincount(
-        group, minlength=num_groups
-    )
+    start = torch.cumsum(torch.bincount(group, minlength=num_groups), 0) - torch.bincount(group, minlength=num_groups)
     sorted_lengths = lengths[order]
     shortest = sorted_lengths[start]
     median = 0.5 * (sorted_lengths[start + (count - 1) // 2] + sorted_lengths[start + count // 2])

@@ -151,9 +151,12 @@ class RolloutConfig(EngineConfig):
         super().validate()
         # With TP > 1 vLLM runs its model in worker processes, and the in-place weight reload
         # hands them a tensor iterator they cannot receive; evaluation engines take TP > 1.
-        require(self.tensor_parallel_size == 1, "tensor_parallel_size",
-                f"rollout engines with tensor parallelism are not built yet (weight sync loads weights "
-                f"in-process); use more rollout.num_workers instead, got {self.tensor_parallel_size}")
+        require(
+            self.tensor_parallel_size == 1,
+            "tensor_parallel_size",
+            f"rollout engines with tensor parallelism are not built yet (weight sync loads weights "
+            f"in-process); use more rollout.num_workers instead, got {self.tensor_parallel_size}",
+        )
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,7 @@ class OfflineKind:
 OFFLINE_KINDS: dict[str, OfflineKind] = {
     "easy-vqa": OfflineKind("easy-VQA shapes and colours (vqa)", offline.easy_vqa),
     "digits": OfflineKind("scikit-learn's handwritten digits: read one (ocr)", offline.digits),
-    "digit-sum": OfflineKind(
-        "scikit-learn's handwritten digits: add two (math)", offline.digit_sum
-    ),
+    "digit-sum": OfflineKind("scikit-learn's handwritten digits: add two (math)", offline.digit_sum),
     "reasoning-gym": OfflineKind(
         "a reasoning-gym generator rendered as images (math)",
         offline.reasoning_gym,
@@ -65,9 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--limit", type=_positive_int, help="number of rows (default: all)")
     common.add_argument("--seed", type=int, default=0, help="seed of row choice and generation")
 
-    parser = argparse.ArgumentParser(
-        prog="python -m tiny_r1v.data.convert", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tiny_r1v.data.convert", description=__doc__.split("\n\n")[0])
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     for kind, layout in LAYOUTS.items():

@@ -81,9 +81,7 @@ class Example:
         images = []
         for ref in self.images:
             with _open_image(ref) as image:
-                height, width = smart_resize(
-                    image.height, image.width, IMAGE_FACTOR, self.min_pixels, self.max_pixels
-                )
+                height, width = smart_resize(image.height, image.width, IMAGE_FACTOR, self.min_pixels, self.max_pixels)
                 rgb = image.convert("RGB")
             if rgb.size != (width, height):
                 rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
@@ -155,9 +153,7 @@ class _Loader:
             return
         rows = 0
         try:
-            for row, record in (
-                _read_jsonl(file) if file.suffix == ".jsonl" else _read_parquet(file)
-            ):
+            for row, record in _read_jsonl(file) if file.suffix == ".jsonl" else _read_parquet(file):
                 rows += 1
                 location = f"{file}, row {row}"
                 example, problems = self._parse_row(record, file, row)
@@ -183,9 +179,7 @@ class _Loader:
         if rows == 0:
             yield str(file), "contains no rows"
 
-    def _parse_row(
-        self, record: Any, file: Path, row: int
-    ) -> tuple[Example | None, list[tuple[str | None, str]]]:
+    def _parse_row(self, record: Any, file: Path, row: int) -> tuple[Example | None, list[tuple[str | None, str]]]:
         """The row's Example, or None and its problems as (column or None, problem) pairs."""
         if isinstance(record, ValueError):
             return None, [(None, f"invalid JSON: {record}")]
@@ -274,9 +268,7 @@ def _image_ref(value: Any, directory: Path) -> ImageRef:
         relative = PurePosixPath(value)
         # Lexical check: a dataset must not reach files outside its own directory.
         if not value or relative.is_absolute() or ".." in relative.parts:
-            raise ValueError(
-                f"path {value!r} must be relative and stay inside the dataset directory"
-            )
+            raise ValueError(f"path {value!r} must be relative and stay inside the dataset directory")
         return directory / relative
     if isinstance(value, bytes):  # Parquet binary
         return value
@@ -289,9 +281,7 @@ def _image_ref(value: Any, directory: Path) -> ImageRef:
                 return base64.b64decode(data, validate=True)
             except binascii.Error as error:
                 raise ValueError(f"invalid base64 in 'bytes': {error}") from None
-    raise ValueError(
-        f"expected a relative path or {{'bytes': <base64>}}, got {type(value).__name__}"
-    )
+    raise ValueError(f"expected a relative path or {{'bytes': <base64>}}, got {type(value).__name__}")
 
 
 def _check_image(ref: ImageRef, min_pixels: int, max_pixels: int) -> None:

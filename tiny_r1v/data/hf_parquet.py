@@ -83,18 +83,14 @@ def convert_parquet(
     import pyarrow.parquet as pq  # deferred: the offline converters do not need it
 
     sources = [(Path(file), pq.ParquetFile(file)) for file in files]
-    columns = [
-        _resolve_columns(layout, file, source.schema_arrow.names) for file, source in sources
-    ]
+    columns = [_resolve_columns(layout, file, source.schema_arrow.names) for file, source in sources]
     total = sum(source.metadata.num_rows for _, source in sources)
     chosen = set(sample_indices(total, limit, seed))
 
     for index, (file, row, mapping, record) in enumerate(_records(sources, columns)):
         if index not in chosen:
             continue
-        where = {
-            field: f"{file}, row {row}, column {column!r}" for field, column in mapping.items()
-        }
+        where = {field: f"{file}, row {row}, column {column!r}" for field, column in mapping.items()}
         question = _question(record[mapping["question"]], where["question"])
         answer = _answer(record[mapping["answer"]], where["answer"])
         uid = str(index)
@@ -126,8 +122,7 @@ def _resolve_columns(layout: ParquetLayout, file: Path, names: list[str]) -> dic
         found = next((name for name in candidates if name in names), None)
         if found is None:
             raise ConvertError(
-                f"{file}: no column for {field!r}: expected one of {list(candidates)}, "
-                f"the file has {names}"
+                f"{file}: no column for {field!r}: expected one of {list(candidates)}, the file has {names}"
             )
         mapping[field] = found
     return mapping
@@ -160,8 +155,7 @@ def _images(value: Any, where: str) -> list[bytes]:
         data = cell.get("bytes") if isinstance(cell, dict) else cell
         if not isinstance(data, bytes):
             raise ConvertError(
-                f"{where}: expected embedded image bytes (an Image struct with 'bytes', or "
-                f"binary), got {cell!r:.80}"
+                f"{where}: expected embedded image bytes (an Image struct with 'bytes', or binary), got {cell!r:.80}"
             )
         images.append(data)
     return images

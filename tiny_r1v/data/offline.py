@@ -91,9 +91,7 @@ def digit_sum(writer: DatasetWriter, *, split: str, limit: int | None, seed: int
         )
 
 
-def reasoning_gym(
-    writer: DatasetWriter, *, split: str, limit: int | None, seed: int, dataset: str
-) -> None:
+def reasoning_gym(writer: DatasetWriter, *, split: str, limit: int | None, seed: int, dataset: str) -> None:
     """Problems from reasoning-gym's `dataset` generator, rendered as images.
 
     Generators that expose the bare expression (``basic_arithmetic``, ``chain_sum``) get it
@@ -107,9 +105,7 @@ def reasoning_gym(
 
     size = GENERATED_DEFAULT_SIZE if limit is None else limit
     # One seed per (split, seed): the test split is not a replay of the train split.
-    problems = source.create_dataset(
-        dataset, size=size, seed=zlib.crc32(f"{split}/{seed}".encode())
-    )
+    problems = source.create_dataset(dataset, size=size, seed=zlib.crc32(f"{split}/{seed}".encode()))
     for index, problem in enumerate(problems):
         expression = problem["metadata"].get("expression")
         if expression is None:
@@ -130,9 +126,7 @@ def _digit_split(split: str) -> tuple[list[int], np.ndarray, list[int]]:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    indices = [
-        i for i in range(len(bunch.target)) if (i % DIGITS_TEST_EVERY == 0) == (split == "test")
-    ]
+    indices = [i for i in range(len(bunch.target)) if (i % DIGITS_TEST_EVERY == 0) == (split == "test")]
     return indices, bunch.images[indices], [int(bunch.target[i]) for i in indices]
 
 
@@ -140,18 +134,14 @@ def _digit_image(pixels: np.ndarray) -> Image.Image:
     """Ink intensities 0..16 as dark ink on white, upscaled by `DIGIT_SCALE` without blurring."""
     gray = np.rint(255 - pixels * (255 / 16)).astype(np.uint8)
     image = Image.fromarray(gray)  # uint8, 2-D: mode "L"
-    return image.resize(
-        (image.width * DIGIT_SCALE, image.height * DIGIT_SCALE), Image.Resampling.NEAREST
-    )
+    return image.resize((image.width * DIGIT_SCALE, image.height * DIGIT_SCALE), Image.Resampling.NEAREST)
 
 
 def _text_image(text: str) -> Image.Image:
     """`text`, wrapped, in black on white with PIL's default font."""
     font = ImageFont.load_default(size=_FONT_SIZE)
     wrapped = "\n".join(textwrap.wrap(text, _TEXT_WIDTH)) or text
-    _, _, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).multiline_textbbox(
-        (0, 0), wrapped, font=font
-    )
+    _, _, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).multiline_textbbox((0, 0), wrapped, font=font)
     image = Image.new("L", (int(right) + 2 * _TEXT_MARGIN, int(bottom) + 2 * _TEXT_MARGIN), 255)
     ImageDraw.Draw(image).multiline_text((_TEXT_MARGIN, _TEXT_MARGIN), wrapped, fill=0, font=font)
     return image

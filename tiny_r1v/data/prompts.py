@@ -49,9 +49,7 @@ def build_messages(example: Example, prompt_format: PromptFormat) -> list[dict[s
     or the rollout engine alongside the rendered prompt.
     """
     check_prompt_format(prompt_format)
-    text = TEMPLATES[example.task].format(
-        question=example.question, final_answer=FINAL_ANSWER[prompt_format]
-    )
+    text = TEMPLATES[example.task].format(question=example.question, final_answer=FINAL_ANSWER[prompt_format])
     content: list[dict[str, Any]] = [{"type": "image"} for _ in example.images]
     content.append({"type": "text", "text": text})
     return [{"role": "user", "content": content}]

@@ -60,8 +60,11 @@ class DecodingConfig:
         require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
         require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         require(self.n >= 1, "n", f"must be >= 1, got {self.n}")
-        require(self.temperature > 0 or self.n == 1, "n",
-                f"greedy decoding (temperature 0) gives {self.n} identical samples; use n 1 or temperature > 0")
+        require(
+            self.temperature > 0 or self.n == 1,
+            "n",
+            f"greedy decoding (temperature 0) gives {self.n} identical samples; use n 1 or temperature > 0",
+        )
 
     @property
     def greedy(self) -> bool:
@@ -103,8 +106,9 @@ class EvalConfig:
             for i, spec in enumerate(specs):
                 with section(f"{key}[{i}]"):
                     spec.validate()
-                require(spec.name is None or spec.name not in names[:i], f"{key}[{i}].name",
-                        f"duplicate name {spec.name!r}")
+                require(
+                    spec.name is None or spec.name not in names[:i], f"{key}[{i}].name", f"duplicate name {spec.name!r}"
+                )
         for name in ("prompt", "decoding", "engine", "reward"):
             with section(name):
                 getattr(self, name).validate()

@@ -101,4 +101,3 @@ class ModelEvaluator:
             )
             for index, (completion, text) in enumerate(zip(completions, texts, strict=True))
         ]
-

@@ -131,8 +131,10 @@ def resolve_benchmarks(cfg: EvalConfig, items: Sequence[str]) -> list[Benchmark]
         for example in examples:
             # vLLM would reject the prompt mid-run, after the engines started.
             if len(example.images) > limit:
-                raise EvalError(f"benchmark {name!r}: example {example.uid!r} has {len(example.images)} images, "
-                                f"more than engine.max_images_per_prompt ({limit})")
+                raise EvalError(
+                    f"benchmark {name!r}: example {example.uid!r} has {len(example.images)} images, "
+                    f"more than engine.max_images_per_prompt ({limit})"
+                )
         benchmarks.append(Benchmark(name, path, tuple(examples), benchmark_digest(path, examples)))
     return benchmarks
 

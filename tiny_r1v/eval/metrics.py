@@ -101,13 +101,16 @@ def average(model: str, rows: Sequence[Summary]) -> Summary:
         model=model,
         benchmark=AVERAGE,
         samples=sum(row.samples for row in rows),
-        **{key: statistics.fmean(getattr(row, key) for row in rows)
-           for key in ("accuracy", "pass_at_k", "format", "mean_tokens", "median_tokens", "truncated")},
+        **{
+            key: statistics.fmean(getattr(row, key) for row in rows)
+            for key in ("accuracy", "pass_at_k", "format", "mean_tokens", "median_tokens", "truncated")
+        },
     )
 
 
-def table(records: dict[tuple[str, str], Sequence[SampleRecord]], models: Sequence[str],
-          benchmarks: Sequence[str]) -> list[Summary]:
+def table(
+    records: dict[tuple[str, str], Sequence[SampleRecord]], models: Sequence[str], benchmarks: Sequence[str]
+) -> list[Summary]:
     """Rows in model order, each model's benchmarks in order followed by its average."""
     rows = []
     for model in models:

@@ -78,8 +78,13 @@ def plot(rows: Sequence[Summary], path: Path) -> None:
     axes = figure.add_subplot()
     colours = [f"C{i % 10}" for i in range(len(models))]
     for row in points:
-        axes.scatter(row.mean_tokens, 100 * row.accuracy, color=colours[models.index(row.model)],
-                     marker=markers[benchmarks.index(row.benchmark) % len(markers)], s=60)
+        axes.scatter(
+            row.mean_tokens,
+            100 * row.accuracy,
+            color=colours[models.index(row.model)],
+            marker=markers[benchmarks.index(row.benchmark) % len(markers)],
+            s=60,
+        )
     # Legend entries by hand: one per model (colour) and one per benchmark (marker).
     for model, colour in zip(models, colours, strict=True):
         axes.scatter([], [], color=colour, marker="o", label=model)

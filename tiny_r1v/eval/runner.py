@@ -70,8 +70,10 @@ def describe_decoding(cfg: EvalConfig) -> str:
     """One line for the report: how every model's responses were produced."""
     d = cfg.decoding
     how = "greedy" if d.greedy else f"temperature {d.temperature}, top_p {d.top_p}, {d.n} samples, seed {d.seed}"
-    return (f"Decoding: {how}; at most {cfg.engine.max_response_length} tokens; prompt format "
-            f"{cfg.prompt.prompt_format}; {engine_dtype(cfg)}.")
+    return (
+        f"Decoding: {how}; at most {cfg.engine.max_response_length} tokens; prompt format "
+        f"{cfg.prompt.prompt_format}; {engine_dtype(cfg)}."
+    )
 
 
 def parallel_slots(max_parallel: int | None, gpu: bool, gpus: float, tensor_parallel_size: int, models: int) -> int:
@@ -81,8 +83,9 @@ def parallel_slots(max_parallel: int | None, gpu: bool, gpus: float, tensor_para
     return max(1, min(max_parallel if max_parallel is not None else fits, models))
 
 
-def score(pool: ScorerPool, cfg: EvalConfig, model: str, benchmark: Benchmark,
-          generations: Sequence[Generation]) -> list[SampleRecord]:
+def score(
+    pool: ScorerPool, cfg: EvalConfig, model: str, benchmark: Benchmark, generations: Sequence[Generation]
+) -> list[SampleRecord]:
     """Generations -> records, scored by the task's reward functions (SPEC §1) as in training."""
     examples = {example.uid: example for example in benchmark.examples}
     requests = [
@@ -183,9 +186,7 @@ def generate_on_ray(cfg: EvalConfig, jobs: Sequence[tuple[ModelSource, Sequence[
     cpus = 1.0 if gpu else resources.get("CPU", 1.0) / slots
     actor_cls = ray.remote(ModelEvaluator).options(num_cpus=cpus, num_gpus=float(tp) if gpu else 0)
     # Put once: every model's actor reads the same benchmark.
-    shared: Mapping[str, ray.ObjectRef] = {
-        b.name: ray.put(b.examples) for _, benchmarks in jobs for b in benchmarks
-    }
+    shared: Mapping[str, ray.ObjectRef] = {b.name: ray.put(b.examples) for _, benchmarks in jobs for b in benchmarks}
     queue = deque((model, list(benchmarks)) for model, benchmarks in jobs)
     running: dict[ray.ObjectRef, tuple[Any, ModelSource, list[Benchmark], float]] = {}
     alive: list[Any] = []
@@ -203,9 +204,14 @@ def generate_on_ray(cfg: EvalConfig, jobs: Sequence[tuple[ModelSource, Sequence[
             [ref], _ = ray.wait(list(running), num_returns=1)
             actor, model, left, start = running.pop(ref)
             generations = ray.get(ref)
-            logger.info("model %s on %s: %d responses, %.1f s after submission (engine start included for "
-                        "a model's first benchmark)", model.name, left[0].name, len(generations),
-                        time.perf_counter() - start)
+            logger.info(
+                "model %s on %s: %d responses, %.1f s after submission (engine start included for "
+                "a model's first benchmark)",
+                model.name,
+                left[0].name,
+                len(generations),
+                time.perf_counter() - start,
+            )
             if left[1:]:
                 submit(actor, model, left[1:])  # the engine works on while the driver scores
             else:

@@ -76,9 +76,7 @@ def shard_for_rank(samples: Sequence[Any], rank: int, world_size: int, mini_batc
         )
     per_rank = mini_batch // world_size
     return [
-        samples[first + rank * per_rank + i]
-        for first in range(0, len(samples), mini_batch)
-        for i in range(per_rank)
+        samples[first + rank * per_rank + i] for first in range(0, len(samples), mini_batch) for i in range(per_rank)
     ]
 
 

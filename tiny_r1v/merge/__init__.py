@@ -8,5 +8,15 @@ from tiny_r1v.merge.methods import METHODS, register
 from tiny_r1v.merge.policy import RULES, assign
 from tiny_r1v.merge.runner import PROVENANCE, REPORT, merge, merge_tensor
 
-__all__ = ["METHODS", "PROVENANCE", "REPORT", "RULES", "MergeConfig", "MergeError", "assign", "merge",
-           "merge_tensor", "register"]
+__all__ = [
+    "METHODS",
+    "PROVENANCE",
+    "REPORT",
+    "RULES",
+    "MergeConfig",
+    "MergeError",
+    "assign",
+    "merge",
+    "merge_tensor",
+    "register",
+]

@@ -27,8 +27,9 @@ class ExpertConfig:
     """Checkpoint step of a run directory; null: its newest complete checkpoint."""
 
     def validate(self) -> None:
-        require(self.name != "" and "," not in self.name, "name",
-                f"must be non-empty without commas, got {self.name!r}")
+        require(
+            self.name != "" and "," not in self.name, "name", f"must be non-empty without commas, got {self.name!r}"
+        )
         require(self.path != "", "path", "must not be empty")
         if self.step is not None:
             require(self.step >= 0, "step", f"must be >= 0, got {self.step}")

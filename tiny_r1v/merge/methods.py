@@ -70,8 +70,13 @@ def ties(taus: Tensor, params: TiesConfig) -> Tensor:
     return peft_ties(list(taus), weights, params.density, params.sign)
 
 
-def adam(x0: Tensor, loss_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]], steps: int, lr: float,
-         after_step: Callable[[Tensor], None] | None = None) -> Tensor:
+def adam(
+    x0: Tensor,
+    loss_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
+    steps: int,
+    lr: float,
+    after_step: Callable[[Tensor], None] | None = None,
+) -> Tensor:
     """`steps` Adam steps (no weight decay) from `x0` with an analytic gradient; `after_step`
     may edit the iterate in place."""
     x = x0.clone()

@@ -39,16 +39,20 @@ def check_experts(base: CheckpointReader, experts: Sequence[CheckpointReader]) -
     for expert in experts:
         theirs, ours = expert.tensors, base.tensors
         problems += [f"expert {expert.name!r} lacks tensor {name!r}" for name in ours if name not in theirs]
-        problems += [f"expert {expert.name!r} has tensor {name!r}, which the base lacks"
-                     for name in theirs if name not in ours]
+        problems += [
+            f"expert {expert.name!r} has tensor {name!r}, which the base lacks" for name in theirs if name not in ours
+        ]
         for name, info in ours.items():
             other = theirs.get(name)
             if other is not None and other.shape != info.shape:
-                problems.append(f"tensor {name!r}: expert {expert.name!r} has shape {list(other.shape)}, "
-                                f"the base {list(info.shape)}")
+                problems.append(
+                    f"tensor {name!r}: expert {expert.name!r} has shape {list(other.shape)}, "
+                    f"the base {list(info.shape)}"
+                )
             elif other is not None and other.dtype != info.dtype:
-                problems.append(f"tensor {name!r}: expert {expert.name!r} has dtype {other.dtype}, "
-                                f"the base {info.dtype}")
+                problems.append(
+                    f"tensor {name!r}: expert {expert.name!r} has dtype {other.dtype}, the base {info.dtype}"
+                )
     if problems:
         more = f"\n... and {len(problems) - _MAX_PROBLEMS} more" if len(problems) > _MAX_PROBLEMS else ""
         raise MergeError("experts do not match the base:\n" + "\n".join(problems[:_MAX_PROBLEMS]) + more)
@@ -59,8 +63,12 @@ def ties_word_embeddings(config: dict) -> bool:
     return bool(config.get("tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings", False)))
 
 
-def build_plan(base: CheckpointReader, experts: Sequence[CheckpointReader],
-               vision: Literal["mean", "merge", "base"], shard_bytes: int) -> MergePlan:
+def build_plan(
+    base: CheckpointReader,
+    experts: Sequence[CheckpointReader],
+    vision: Literal["mean", "merge", "base"],
+    shard_bytes: int,
+) -> MergePlan:
     """Check the inputs and assign every tensor (MergeError on any problem)."""
     check_experts(base, experts)
     tied = ties_word_embeddings(base.config())

@@ -40,8 +40,12 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("lm.linear", _LM + r"layers\.\d+\.(?:self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)\.weight",
-         "language", "linear"),
+    Rule(
+        "lm.linear",
+        _LM + r"layers\.\d+\.(?:self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)\.weight",
+        "language",
+        "linear",
+    ),
     Rule("lm.bias", _LM + r"layers\.\d+\.self_attn\.[qkv]_proj\.bias", "language", "other"),
     Rule("lm.norm", _LM + r"(?:layers\.\d+\.(?:input|post_attention)_layernorm|norm)\.weight", "language", "other"),
     Rule("lm.embed_tokens", _LM + r"embed_tokens\.weight", "language", "embedding"),

@@ -50,9 +50,14 @@ ProgressFactory = Callable[..., Any]
 CPU_BLOCK = 1 << 18
 
 
-def merge_tensor(base: Tensor, experts: Sequence[Tensor], treatment: Treatment,
-                 merge_fn: Callable[[Tensor], Tensor], device: torch.device,
-                 block: int | None = None) -> tuple[Tensor, list[int]]:
+def merge_tensor(
+    base: Tensor,
+    experts: Sequence[Tensor],
+    treatment: Treatment,
+    merge_fn: Callable[[Tensor], Tensor],
+    device: torch.device,
+    block: int | None = None,
+) -> tuple[Tensor, list[int]]:
     """One tensor's result (the base's dtype, on the CPU) and which experts' task vectors were used.
 
     base, experts: the stored tensors [*shape]. Task vectors are float32 on `device`; zero ones
@@ -80,13 +85,20 @@ def merge_tensor(base: Tensor, experts: Sequence[Tensor], treatment: Treatment,
     flat = [experts[k].reshape(-1) for k in used]
     for start, part in zip(range(0, base.numel(), block), out.view(-1).split(block), strict=True):
         stop = start + len(part)
-        _merge_into(part, base.reshape(-1)[start:stop], [expert[start:stop] for expert in flat], fn,
-                    w0[:len(part)], taus[:, :len(part)])
+        _merge_into(
+            part,
+            base.reshape(-1)[start:stop],
+            [expert[start:stop] for expert in flat],
+            fn,
+            w0[: len(part)],
+            taus[:, : len(part)],
+        )
     return out, used
 
 
-def _merge_into(out: Tensor, base: Tensor, experts: Sequence[Tensor], fn: Callable[[Tensor], Tensor],
-                w0: Tensor, taus: Tensor) -> None:
+def _merge_into(
+    out: Tensor, base: Tensor, experts: Sequence[Tensor], fn: Callable[[Tensor], Tensor], w0: Tensor, taus: Tensor
+) -> None:
     """out = W_0 + fn(task vectors), for non-zero task vectors; w0 [*shape] and taus [K', *shape]
     are float32 working space on the maths device, `out` is the result's (CPU) tensor."""
     w0.copy_(base)
@@ -105,8 +117,9 @@ def check(cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source]) -> 
         return _open(cfg, base_src, expert_srcs, stack)[2]
 
 
-def _open(cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source],
-          stack: ExitStack) -> tuple[CheckpointReader, list[CheckpointReader], MergePlan]:
+def _open(
+    cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source], stack: ExitStack
+) -> tuple[CheckpointReader, list[CheckpointReader], MergePlan]:
     output = Path(cfg.output)
     if output.exists() and not cfg.overwrite:
         raise MergeError(f"output {output} exists (set overwrite=true to replace it)")
@@ -118,8 +131,9 @@ def _open(cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source],
     return base, experts, build_plan(base, experts, cfg.vision, cfg.shard_size_mb << 20)
 
 
-def merge(cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source],
-          progress: ProgressFactory = tqdm) -> dict[str, Any]:
+def merge(
+    cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source], progress: ProgressFactory = tqdm
+) -> dict[str, Any]:
     """Merge the experts into the base as `cfg` says (sources: see `sources.resolve`).
 
     Returns the provenance (also written to the output's `merge_provenance.json`). Raises
@@ -138,8 +152,10 @@ def merge(cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source],
         seconds["check"] = time.perf_counter() - start
 
         tick = time.perf_counter()
-        inputs = [_describe_input(source, reader, cfg.hash_inputs) for source, reader in
-                  zip([base_src, *expert_srcs], [base, *readers], strict=True)]
+        inputs = [
+            _describe_input(source, reader, cfg.hash_inputs)
+            for source, reader in zip([base_src, *expert_srcs], [base, *readers], strict=True)
+        ]
         seconds["hash"] = time.perf_counter() - tick
 
         tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
@@ -179,9 +195,16 @@ def merge(cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source],
     return provenance
 
 
-def _stream(cfg: MergeConfig, plan: MergePlan, base: CheckpointReader, experts: Sequence[CheckpointReader],
-            out: Path, device: torch.device, seconds: Counter[str],
-            progress: ProgressFactory) -> tuple[list[dict[str, Any]], int, int]:
+def _stream(
+    cfg: MergeConfig,
+    plan: MergePlan,
+    base: CheckpointReader,
+    experts: Sequence[CheckpointReader],
+    out: Path,
+    device: torch.device,
+    seconds: Counter[str],
+    progress: ProgressFactory,
+) -> tuple[list[dict[str, Any]], int, int]:
     """Merge and write every tensor; returns the treatment report and the bytes read and written.
 
     `seconds` gains `read` (mapping the inputs; with a cold page cache, the maths then waits on
@@ -202,8 +225,11 @@ def _stream(cfg: MergeConfig, plan: MergePlan, base: CheckpointReader, experts: 
             seconds["read"] += (tock := time.perf_counter()) - tick
             try:
                 block = CPU_BLOCK if device.type == "cpu" and (treatment == "mean" or elementwise) else None
-                result, used = (merge_tensor(stored, inputs, treatment, merge_fn, device, block)
-                                if stored is not None else (None, []))
+                result, used = (
+                    merge_tensor(stored, inputs, treatment, merge_fn, device, block)
+                    if stored is not None
+                    else (None, [])
+                )
             except ValueError as err:
                 raise MergeError(f"tensor {item.name!r} ({treatment}, {cfg.method}): {err}") from None
             if result is not None and result is stored:
@@ -234,9 +260,15 @@ def _readers(item: PlanItem, base: CheckpointReader, experts: Sequence[Checkpoin
 
 
 def _report_entry(item: PlanItem, used: list[str], seconds: float) -> dict[str, Any]:
-    entry = {"name": item.name, "rule": item.assignment.rule, "treatment": item.assignment.treatment,
-             "shape": list(item.info.shape), "dtype": str(item.info.dtype).removeprefix("torch."),
-             "experts": used, "seconds": round(seconds, 6)}
+    entry = {
+        "name": item.name,
+        "rule": item.assignment.rule,
+        "treatment": item.assignment.treatment,
+        "shape": list(item.info.shape),
+        "dtype": str(item.info.dtype).removeprefix("torch."),
+        "experts": used,
+        "seconds": round(seconds, 6),
+    }
     if item.assignment.tied_to is not None:
         entry["tied_to"] = item.assignment.tied_to
     return entry

@@ -33,14 +33,33 @@ SINGLE = "model.safetensors"
 # Copied from the base next to the merged weights: everything transformers' and vLLM's loaders
 # and the processor read besides the weights.
 MODEL_FILES = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
-    "merges.txt", "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json",
-    "video_preprocessor_config.json", "processor_config.json", "chat_template.json", "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
 )
 _DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
-    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
@@ -70,8 +89,10 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             raise MergeError(f"{path}: tensor {name!r} has unsupported dtype {meta['dtype']}")
         info = TensorInfo(_DTYPES[meta["dtype"]], tuple(meta["shape"]), path, 8 + size + begin, end - begin)
         if info.nbytes != info.dtype.itemsize * math.prod(info.shape):
-            raise MergeError(f"{path}: tensor {name!r} ({meta['dtype']} {list(info.shape)}) has "
-                             f"{info.nbytes} bytes, not {info.dtype.itemsize * math.prod(info.shape)}")
+            raise MergeError(
+                f"{path}: tensor {name!r} ({meta['dtype']} {list(info.shape)}) has "
+                f"{info.nbytes} bytes, not {info.dtype.itemsize * math.prod(info.shape)}"
+            )
         out[name] = info
     return out
 
@@ -169,8 +190,13 @@ class ShardWriter:
     on disk (the output buffer) are held up to `buffer_bytes`, or one tensor if it is bigger.
     """
 
-    def __init__(self, out_dir: Path, shards: Sequence[Sequence[str]],
-                 layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]], buffer_bytes: int) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        shards: Sequence[Sequence[str]],
+        layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+        buffer_bytes: int,
+    ) -> None:
         self.dir = out_dir
         self.weight_map = {name: shard_name(i, len(shards)) for i, shard in enumerate(shards) for name in shard}
         self.total_bytes = 0

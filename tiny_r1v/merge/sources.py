@@ -37,8 +37,10 @@ def model_dir(path: Path, step: int | None, who: str) -> Path:
         found = [ckpt for ckpt in found if ckpt.name == f"step-{step:06d}"]
     if not found:
         wanted = f"complete checkpoint step {step}" if step is not None else "complete checkpoint"
-        raise MergeError(f"{who}: {path} is neither a model directory (no config.json) nor a run "
-                         f"directory with a {wanted} under checkpoints/")
+        raise MergeError(
+            f"{who}: {path} is neither a model directory (no config.json) nor a run "
+            f"directory with a {wanted} under checkpoints/"
+        )
     return (found[-1] / "model").resolve()
 
 
@@ -55,8 +57,9 @@ def resolve(cfg: MergeConfig, experts: Sequence[str]) -> tuple[Source, list[Sour
         elif Path(item).is_dir():
             sources.append(Source(Path(item).name, model_dir(Path(item), None, f"expert {item!r}")))
         else:
-            raise MergeError(f"expert {item!r} is neither a name in the config ({', '.join(known) or 'none'}) "
-                             "nor a directory")
+            raise MergeError(
+                f"expert {item!r} is neither a name in the config ({', '.join(known) or 'none'}) nor a directory"
+            )
     names = [source.name for source in sources]
     for name in names:
         if names.count(name) > 1:

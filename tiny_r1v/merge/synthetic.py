@@ -38,8 +38,16 @@ def lm_shapes(layers: int, hidden: int, intermediate: int, kv_dim: int) -> dict[
     return shapes
 
 
-def write_checkpoint(out_dir: Path, shapes: Shapes, *, dtype: torch.dtype = torch.float32, seed: int = 0,
-                     expert: int | None = None, scale: float = 1e-3, shard_mb: int = 1024) -> Path:
+def write_checkpoint(
+    out_dir: Path,
+    shapes: Shapes,
+    *,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    expert: int | None = None,
+    scale: float = 1e-3,
+    shard_mb: int = 1024,
+) -> Path:
     """Write a checkpoint (shards, index, config.json) of `shapes` to `out_dir`.
 
     The base (`expert=None`) holds N(0, 0.02^2) entries; expert k holds the same base plus

@@ -252,8 +252,7 @@ def build_tiny_model(
     """
     if hidden_size % (2 * _HEAD_DIM) or num_layers < 1:
         raise ValueError(
-            f"need hidden_size a multiple of {2 * _HEAD_DIM} and num_layers >= 1, "
-            f"got {hidden_size} and {num_layers}"
+            f"need hidden_size a multiple of {2 * _HEAD_DIM} and num_layers >= 1, got {hidden_size} and {num_layers}"
         )
     out = Path(out_dir)
     tokenizer = build_tokenizer()
@@ -283,8 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden-size", type=int, default=128, help="text tower width")
     parser.add_argument("--num-layers", type=int, default=2, help="text tower depth")
     args = parser.parse_args(argv)
-    print(build_tiny_model(args.out, seed=args.seed, hidden_size=args.hidden_size,
-                           num_layers=args.num_layers))
+    print(build_tiny_model(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers))
 
 
 if __name__ == "__main__":

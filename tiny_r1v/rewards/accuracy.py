@@ -72,9 +72,7 @@ _PLAIN_NUMBER = re.compile(_NUMBER)
 _UNIT_WORDS = r"(?:[a-zA-Z]+(?:\^\{?\d+\}?)?[\s./]*)+"
 # A number with the decorations charts and model answers put around it: a sign before a
 # currency sign ("-$5"), a percent sign, unit words.
-_DECORATED_NUMBER = re.compile(
-    rf"(?P<sign>-?)\s*[$€£]?\s*(?P<number>{_NUMBER})\s*%?\s*(?:{_UNIT_WORDS})?", re.ASCII
-)
+_DECORATED_NUMBER = re.compile(rf"(?P<sign>-?)\s*[$€£]?\s*(?P<number>{_NUMBER})\s*%?\s*(?:{_UNIT_WORDS})?", re.ASCII)
 _LATEX_TEXT = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
 _LATEX_ESCAPED = re.compile(r"\\([%$&#_])")
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
@@ -170,11 +168,7 @@ def _parse_math(text: str, timeout: int | None) -> list:
     The ``$`` wrapping makes math-verify read the whole string as LaTeX (a bare "B" or "\\frac12"
     is otherwise not extracted at all).
     """
-    return [
-        parsed
-        for reading in _math_readings(text)
-        for parsed in parse(f"${reading}$", parsing_timeout=timeout)
-    ]
+    return [parsed for reading in _math_readings(text) for parsed in parse(f"${reading}$", parsing_timeout=timeout)]
 
 
 @register_accuracy("math")

@@ -110,8 +110,6 @@ def format_score(response: str, prompt_format: PromptFormat) -> float:
     if match is None or not match["think"].strip():
         return 0.0
     rest = match["rest"]
-    if prompt_format == "answer_tags" and (
-        rest.count("<answer>") != 1 or _ANSWER_ONLY.fullmatch(rest) is None
-    ):
+    if prompt_format == "answer_tags" and (rest.count("<answer>") != 1 or _ANSWER_ONLY.fullmatch(rest) is None):
         return 0.0
     return float(extract_answer(rest, prompt_format) is not None)

@@ -127,9 +127,7 @@ class ScorerPool:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> pebble.ProcessPool:
-        return pebble.ProcessPool(
-            max_workers=self.num_workers, initializer=_init_worker, context=_mp_context()
-        )
+        return pebble.ProcessPool(max_workers=self.num_workers, initializer=_init_worker, context=_mp_context())
 
     def _live_pool(self) -> pebble.ProcessPool:
         """The worker pool, replaced if pebble gave up on it.

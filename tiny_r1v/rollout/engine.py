@@ -66,8 +66,9 @@ class RolloutEngine:
             detokenize=False,  # the scorer decodes; token ids are what the learner needs
         )
         # Validation, as verl's default: one greedy response per prompt.
-        self.greedy = SamplingParams(n=1, temperature=0.0, max_tokens=rollout.max_response_length, logprobs=0,
-                                     detokenize=False)
+        self.greedy = SamplingParams(
+            n=1, temperature=0.0, max_tokens=rollout.max_response_length, logprobs=0, detokenize=False
+        )
         self.weight_version = 0
 
     def generate(self, prompts: Sequence[Prompt], seed: int | None = None, greedy: bool = False) -> list[Completion]:

@@ -100,9 +100,7 @@ class ActorGraph:
         self.learners = [
             learner_cls.options(
                 scheduling_strategy=on_bundle[rank], num_cpus=cpu_share, num_gpus=1 if gpu else 0
-            ).remote(
-                cfg, rank, learners, address, port, checkpoint
-            )
+            ).remote(cfg, rank, learners, address, port, checkpoint)
             for rank in range(learners)
         ]
         rollout_cls = ray.remote(RolloutWorker).options(

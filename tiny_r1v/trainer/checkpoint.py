@@ -42,18 +42,26 @@ class ExistingRunError(ValueError):
 
 def order_of(cfg: TrainConfig, dataset_size: int) -> dict[str, int | bool]:
     """The settings a resumed run must share with the interrupted one (see ``TrainerState.order``)."""
-    return {"dataset_size": dataset_size, "data.seed": cfg.data.seed, "data.shuffle": cfg.data.shuffle,
-            "trainer.rollout_batch_size": cfg.trainer.rollout_batch_size, "rollout.seed": cfg.rollout.seed,
-            "rollout.n": cfg.rollout.n}
+    return {
+        "dataset_size": dataset_size,
+        "data.seed": cfg.data.seed,
+        "data.shuffle": cfg.data.shuffle,
+        "trainer.rollout_batch_size": cfg.trainer.rollout_batch_size,
+        "rollout.seed": cfg.rollout.seed,
+        "rollout.n": cfg.rollout.n,
+    }
 
 
 def check_resumable(path: Path, state: TrainerState, order: dict[str, int | bool]) -> None:
     """Raise if the checkpoint at ``path`` was saved under another data order than ``order``."""
-    changed = [f"{key} {state.order.get(key)} -> {value}" for key, value in order.items()
-               if state.order.get(key) != value]
+    changed = [
+        f"{key} {state.order.get(key)} -> {value}" for key, value in order.items() if state.order.get(key) != value
+    ]
     if changed:
-        raise ValueError(f"{path}: saved under other settings ({', '.join(changed)}); resuming would change the "
-                         "prompts and samples of the remaining steps")
+        raise ValueError(
+            f"{path}: saved under other settings ({', '.join(changed)}); resuming would change the "
+            "prompts and samples of the remaining steps"
+        )
 
 
 def check_fresh(run_dir: Path) -> None:
@@ -62,9 +70,11 @@ def check_fresh(run_dir: Path) -> None:
     root = checkpoint_root(run_dir)
     found = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     if found:
-        raise ExistingRunError(f"{root} holds checkpoints of an earlier run ({', '.join(found[-3:])}): pass "
-                               "--resume to continue it, or choose another trainer.experiment_name or "
-                               "trainer.output_dir, or remove the directory")
+        raise ExistingRunError(
+            f"{root} holds checkpoints of an earlier run ({', '.join(found[-3:])}): pass "
+            "--resume to continue it, or choose another trainer.experiment_name or "
+            "trainer.output_dir, or remove the directory"
+        )
 
 
 def run_dir(cfg: TrainConfig) -> Path:

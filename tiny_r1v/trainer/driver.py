@@ -48,8 +48,9 @@ def _chunks(items: Sequence, parts: int) -> list[Sequence]:
 class Trainer:
     """Runs LIPO/GRPO training steps on an actor graph (Ray must be initialised)."""
 
-    def __init__(self, cfg: TrainConfig, examples: Sequence[Example], resume: bool = False,
-                 val_examples: Sequence[Example] = ()) -> None:
+    def __init__(
+        self, cfg: TrainConfig, examples: Sequence[Example], resume: bool = False, val_examples: Sequence[Example] = ()
+    ) -> None:
         self.cfg = cfg
         self.examples = examples
         self.val_examples = val_examples

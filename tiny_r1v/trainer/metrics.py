@@ -12,12 +12,18 @@ from ray.util.metrics import Gauge
 from tqdm import tqdm
 
 # Shown on the progress bar; everything goes to the files and the dashboard.
-_HEADLINE = {"reward/mean": "reward", "reward/accuracy": "acc", "length/mean": "len", "time/step": "s/step",
-             "val/reward/accuracy": "val_acc"}
+_HEADLINE = {
+    "reward/mean": "reward",
+    "reward/accuracy": "acc",
+    "length/mean": "len",
+    "time/step": "s/step",
+    "val/reward/accuracy": "val_acc",
+}
 
 
-def trend(rows: Sequence[Mapping[str, float]], keys: Sequence[str] = ("reward/mean", "length/mean"),
-          window: int = 5) -> str:
+def trend(
+    rows: Sequence[Mapping[str, float]], keys: Sequence[str] = ("reward/mean", "length/mean"), window: int = 5
+) -> str:
     """One line: each key's mean over the first and over the last `window` steps of `rows`
     (metrics records in step order; a shorter run uses half of its steps for each end)."""
     n = min(window, max(1, len(rows) // 2))

@@ -114,9 +114,7 @@ class GroupScorer:
         if algo.adv_estimator == "lipo":
             # Called directly rather than through the registry for its by-products (adjusted
             # rewards, L_opt), which the metrics report; the registry entry is a thin adapter.
-            out = lipo_advantage(
-                rewards, lengths, uids, correct=accuracy >= algo.lipo.q_min, **asdict(algo.lipo)
-            )
+            out = lipo_advantage(rewards, lengths, uids, correct=accuracy >= algo.lipo.q_min, **asdict(algo.lipo))
             bonus = out.adjusted_rewards - rewards
             metrics.update(
                 {
