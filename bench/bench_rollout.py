@@ -26,8 +26,9 @@ from tiny_r1v.config import load_config
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.models.tiny import build_tiny_model
 from tiny_r1v.protocol import Prompt
-from tiny_r1v.rollout.engine import RolloutEngine, build_llm
-from tiny_r1v.trainer.actors import RolloutWorker
+from tiny_r1v.rollout.engine import RolloutEngine
+from tiny_r1v.rollout.sampling import sample_seed
+from tiny_r1v.trainer.actors import RolloutWorker, build_rollout_llm, rollout_sampling
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -72,14 +73,14 @@ def main() -> None:
     prompts = make_prompts(model, args.prompts)
     seed = 1234
 
-    llm = build_llm(cfg)
-    engine = RolloutEngine(llm, cfg)
+    llm = build_rollout_llm(cfg)
+    engine = RolloutEngine(llm, rollout_sampling(cfg))
     requests = [{"prompt": p.text, "multi_modal_data": {"image": list(p.images)}} for p in prompts]
     # Bare vLLM with exactly the sampling our engine asks for (log-probs of the sampled tokens).
     bare_params = []
     for i in range(len(prompts)):
         params = engine.sampling.clone()
-        params.seed = seed + i
+        params.seed = sample_seed(seed, i, args.n)
         bare_params.append(params)
     assert isinstance(bare_params[0], SamplingParams)
 
@@ -91,10 +92,10 @@ def main() -> None:
         return sum(len(c.token_ids) for c in engine.generate(prompts, seed=seed))
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    worker = ray.remote(RolloutWorker).remote(cfg, str(model), 0)
+    worker = ray.remote(RolloutWorker).remote(cfg)
 
     def actor() -> int:
-        return sum(len(c.token_ids) for c in ray.get(worker.generate.remote(prompts, seed)))
+        return sum(len(c.token_ids) for c in ray.get(worker.generate.remote(prompts, seed, 0)))
 
     results = interleaved({"bare vLLM": bare, "RolloutEngine": ours, "RolloutWorker (Ray actor)": actor}, args.repeats)
     ray.shutdown()

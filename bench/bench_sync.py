@@ -82,7 +82,7 @@ def main() -> None:
 
         copy = median_seconds(lambda: [t.clone() for t in weights.values()], args.repeats)
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
-        worker = ray.remote(RolloutWorker).remote(cfg, str(directory), 0)
+        worker = ray.remote(RolloutWorker).remote(cfg)
         ray.get(worker.weight_version.remote())
         version = iter(range(1, 10_000))
         pickled = median_seconds(lambda: ray.get(touch.remote(ray.put(weights))), args.repeats)

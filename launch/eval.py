@@ -14,11 +14,11 @@ The table (Markdown, CSV, JSON), the plot and per-sample outputs land in `output
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from tiny_r1v.config import ConfigError, load_config
+from tiny_r1v.console import add_verbose_flag, setup_driver
 from tiny_r1v.eval import EvalConfig, EvalError
 from tiny_r1v.eval.inputs import resolve_benchmarks, resolve_models, split_items
 
@@ -39,14 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: configs/eval.yaml)")
     parser.add_argument("--out", help="output directory (overrides `output_dir`)")
+    add_verbose_flag(parser, "<output_dir>/logs/")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config values")
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    overrides = list(args.overrides)
+    overrides = [*args.overrides, *(["verbose=true"] if args.verbose else [])]
     if args.out is not None:
         overrides.append(f"output_dir={args.out}")
     try:
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tiny_r1v.eval.runner import run_eval  # deferred: bad input stops before the reward stack loads
 
+    setup_driver(Path(cfg.output_dir) / "logs", cfg.verbose)
     result = run_eval(cfg, models, benchmarks)
     print(result.files[0].read_text())
     print(

@@ -9,7 +9,6 @@ with a message naming it.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from tiny_r1v import quickstart
 from tiny_r1v.config import ConfigError, load_config
 from tiny_r1v.config.train import TrainConfig
+from tiny_r1v.console import add_verbose_flag, ray_init_options, setup_driver
 from tiny_r1v.data import DatasetError, load_examples
 from tiny_r1v.trainer import checkpoint
 
@@ -27,15 +27,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=QUICKSTART, help="YAML config (default: the quickstart)")
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    add_verbose_flag(parser, "<run>/logs/")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config values")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    overrides = [*args.overrides, *(["trainer.verbose=true"] if args.verbose else [])]
     try:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
+        cfg = load_config(TrainConfig, args.config, overrides)
         if quickstart.uses_assets(cfg):
             quickstart.prepare(min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
         if not Path(cfg.model.path).is_dir():
@@ -47,25 +48,26 @@ def main(argv: list[str] | None = None) -> int:
             else []
             for files in (data.train_files, data.val_files)
         )
-        if not args.resume:
-            checkpoint.check_fresh(checkpoint.run_dir(cfg))
-    except (ConfigError, DatasetError, checkpoint.ExistingRunError) as err:
+        order = checkpoint.order_of(cfg, len(examples))
+        start = checkpoint.start_point(checkpoint.run_dir(cfg), args.resume, order)
+    except (ConfigError, DatasetError, ValueError) as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 2
 
     import ray
 
-    from tiny_r1v.trainer.driver import Trainer
+    from tiny_r1v.trainer.driver import Driver
     from tiny_r1v.trainer.metrics import read_metrics, trend
 
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-    trainer = Trainer(cfg, examples, resume=args.resume, val_examples=val_examples)
+    setup_driver(checkpoint.log_dir(cfg), cfg.trainer.verbose)
+    ray.init(address=os.environ.get("RAY_ADDRESS"), **ray_init_options())
+    driver = Driver(cfg, examples, val_examples, start)
     try:
-        trainer.run()
+        driver.run()
     finally:
-        trainer.shutdown()
-    print(f"done: {trainer.step} steps; metrics and checkpoints in {checkpoint.run_dir(cfg)}")
-    if (metrics := checkpoint.run_dir(cfg) / "metrics.jsonl").is_file():
+        driver.shutdown()
+    print(f"done: {driver.step} steps; metrics and checkpoints in {checkpoint.run_dir(cfg)}")
+    if (metrics := checkpoint.run_dir(cfg) / checkpoint.METRICS_FILE).is_file():
         rows = read_metrics(metrics)
         print(trend([row for row in rows if "reward/mean" in row]))
         if validations := [row for row in rows if "val/samples" in row]:

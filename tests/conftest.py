@@ -45,9 +45,9 @@ def vllm_engine(tiny_config) -> Iterator[LLM]:
     takes this one instead of building its own. Built exactly as the rollout workers build
     theirs (float32 on CPU, eager, fixed KV cache from the quickstart config).
     """
-    from tiny_r1v.rollout.engine import build_llm
+    from tiny_r1v.trainer.actors import build_rollout_llm
 
-    engine = build_llm(tiny_config)
+    engine = build_rollout_llm(tiny_config)
     yield engine
     # Tears down the engine core and vLLM's process group, so the interpreter exits cleanly.
     engine.llm_engine.engine_core.shutdown()

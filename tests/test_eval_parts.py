@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tiny_r1v.config import ConfigError, load_config, to_dict
 from tiny_r1v.eval import EvalConfig, EvalError, cache
-from tiny_r1v.eval.generate import engine_config
+from tiny_r1v.eval.generate import engine_model, sampling
 from tiny_r1v.eval.inputs import benchmark_names, fingerprint, resolve_models, split_items
 from tiny_r1v.eval.metrics import AVERAGE, SampleRecord, Summary, average, summarize, table
 from tiny_r1v.eval.report import csv_text, json_payload, markdown, plot
@@ -304,11 +305,10 @@ def test_engine_gets_the_decoding_and_engine_settings():
             "engine.kv_cache_memory_mb=64",
         ],
     )
-    carried = engine_config(sampled, "/models/x")
-    assert (carried.model.path, carried.model.dtype, carried.data.max_prompt_length) == ("/models/x", "float32", 3000)
-    assert (carried.rollout.seed, carried.rollout.kv_cache_memory_mb) == (5, 64)
-    sampling = RolloutEngine(None, carried).sampling
-    assert (sampling.n, sampling.temperature, sampling.max_tokens) == (3, 0.7, 77)
-    assert sampling.sampling_type != SamplingType.GREEDY
-    greedy = RolloutEngine(None, engine_config(load_config(EvalConfig, CONFIG), "/m")).sampling
+    model = engine_model(sampled, "/models/x")
+    assert (model.path, model.dtype, model.trust_remote_code) == ("/models/x", torch.float32, False)
+    params = RolloutEngine(None, sampling(sampled)).sampling
+    assert (params.n, params.temperature, params.max_tokens) == (3, 0.7, 77)
+    assert params.sampling_type != SamplingType.GREEDY
+    greedy = RolloutEngine(None, sampling(load_config(EvalConfig, CONFIG))).sampling
     assert (greedy.n, greedy.sampling_type) == (1, SamplingType.GREEDY)

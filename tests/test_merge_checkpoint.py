@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -220,9 +220,9 @@ def test_amm_merge_loads_and_generates_in_vllm(merged, tiny_config, ray_local):
         add_generation_prompt=True,
     )
     # In an actor: the session's vLLM engine holds vLLM's in-process state in this process.
-    worker = ray.remote(RolloutWorker).remote(tiny_config, str(out), 0)
+    worker = ray.remote(RolloutWorker).remote(replace(tiny_config, model=replace(tiny_config.model, path=str(out))))
     try:
-        completions = ray.get(worker.generate.remote([Prompt("x", text, (Image.new("RGB", (56, 56)),))], 0))
+        completions = ray.get(worker.generate.remote([Prompt("x", text, (Image.new("RGB", (56, 56)),))], 0, 0))
     finally:
         ray.kill(worker)
     assert len(completions) == tiny_config.rollout.n and all(c.token_ids for c in completions)

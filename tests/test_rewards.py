@@ -19,7 +19,7 @@ from tiny_r1v.rewards import (
     register_accuracy,
     score,
 )
-from tiny_r1v.rewards.extract import PromptFormat
+from tiny_r1v.tasks import PromptFormat
 
 
 class Case(NamedTuple):

@@ -14,6 +14,7 @@ from tiny_r1v.learner.inputs import collate, encode_prompt
 from tiny_r1v.learner.policy import PolicyModel
 from tiny_r1v.protocol import Prompt, TrainSample
 from tiny_r1v.rollout.engine import RolloutEngine
+from tiny_r1v.trainer.actors import rollout_sampling
 
 pytestmark = pytest.mark.vllm
 
@@ -42,7 +43,7 @@ def prompts(tiny_model_dir) -> list[Prompt]:
 
 @pytest.fixture(scope="module")
 def engine(vllm_engine, tiny_config) -> RolloutEngine:
-    return RolloutEngine(vllm_engine, tiny_config)
+    return RolloutEngine(vllm_engine, rollout_sampling(tiny_config))
 
 
 def test_groups_logprobs_and_lengths(engine, prompts, tiny_config):

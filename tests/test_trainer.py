@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ from tiny_r1v.config import load_config
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.data import load_examples
 from tiny_r1v.protocol import Prompt
+from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.actors import RolloutWorker
 from tiny_r1v.trainer.checkpoint import ExistingRunError, run_dir
-from tiny_r1v.trainer.driver import Trainer
+from tiny_r1v.trainer.driver import Driver
 
 pytestmark = pytest.mark.vllm
 
@@ -111,8 +113,11 @@ def examples_of(cfg: TrainConfig, files: tuple[str, ...] | None = None):
     )
 
 
-def trainer_of(cfg: TrainConfig, resume: bool = False) -> Trainer:
-    return Trainer(cfg, examples_of(cfg), resume=resume, val_examples=examples_of(cfg, cfg.data.val_files))
+def trainer_of(cfg: TrainConfig, resume: bool = False) -> Driver:
+    """A driver as launch/lipo.py builds one (the start point resolved first)."""
+    examples = examples_of(cfg)
+    start = checkpoint.start_point(run_dir(cfg), resume, checkpoint.order_of(cfg, len(examples)))
+    return Driver(cfg, examples, examples_of(cfg, cfg.data.val_files), start)
 
 
 class Interrupted(Exception):
@@ -127,7 +132,7 @@ def interrupted_run(ray_local, tiny_model_dir, tmp_path_factory):
     cfg = make_config(tiny_model_dir, write_dataset(tmp / "data"), tmp / "out")
     trainer = trainer_of(cfg)
 
-    def faults(trainer: Trainer, step: int, metrics: dict) -> None:
+    def faults(trainer: Driver, step: int, metrics: dict) -> None:
         if step == 1:
             ray.kill(trainer.graph.rollouts[0], no_restart=False)
         if step == 2:
@@ -200,7 +205,7 @@ def test_resume_continues_without_repeating_or_losing_steps(interrupted_run):
     assert [row["step"] for row in read_metrics(cfg, validation=True)] == [0]
     trainer = trainer_of(cfg, resume=True)
     try:
-        assert trainer.step == 2 and trainer.weight_version == 2
+        assert trainer.step == 2 and trainer.weights.version == 2
         # Built from the configured model (what Ray rebuilds a restarted worker from), then
         # loaded with the checkpoint's weights.
         assert ray.get([w.weight_version.remote() for w in trainer.graph.rollouts]) == [2]
@@ -227,7 +232,7 @@ def test_checkpoint_loads_in_transformers_and_vllm(interrupted_run):
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}],
         add_generation_prompt=True,
     )
-    worker = ray.remote(RolloutWorker).remote(cfg, str(final), 0)
-    completions = ray.get(worker.generate.remote([Prompt("x", text, (Image.new("RGB", (56, 56)),))], 0))
+    worker = ray.remote(RolloutWorker).remote(replace(cfg, model=replace(cfg.model, path=str(final))))
+    completions = ray.get(worker.generate.remote([Prompt("x", text, (Image.new("RGB", (56, 56)),))], 0, 0))
     assert len(completions) == cfg.rollout.n and all(c.token_ids for c in completions)
     ray.kill(worker)

@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
+from helpers import snapshot
 
 from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.metrics import MetricsLogger, trend
 from tiny_r1v.trainer.sampler import step_indices
-from tiny_r1v.trainer.weights import PackedWeights
+from tiny_r1v.trainer.weights import PackedWeights, WeightSync
 
 
 def test_data_order_is_a_pure_function_of_seed_and_step():
@@ -43,13 +44,11 @@ def test_metrics_file_is_cut_back_to_the_resumed_step(tmp_path):
     log.close()
     assert MetricsLogger(tmp_path, ["jsonl"], "x", total_steps=4, start_step=3).validated == {3}
     assert MetricsLogger(tmp_path, ["jsonl"], "x", total_steps=4, start_step=2).validated == set()
-    # A new run (step 0) starts the file afresh, an earlier run's step-0 validation included.
-    log = MetricsLogger(tmp_path, ["jsonl"], "x", total_steps=4, start_step=0)
-    log.log(0, {"val/samples": 2.0}, advance=False)
-    log.close()
-    assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
-        {"step": 0, "val/samples": 2.0}
-    ]
+    # A new run (step 0) never writes over an earlier run's metrics.
+    before = snapshot(tmp_path)
+    with pytest.raises(checkpoint.ExistingRunError, match="metrics.jsonl"):
+        MetricsLogger(tmp_path, ["jsonl"], "x", total_steps=4, start_step=0)
+    assert snapshot(tmp_path) == before
 
 
 ORDER = {
@@ -71,7 +70,7 @@ def test_checkpoints_publish_atomically_and_keep_the_last(tmp_path, monkeypatch)
         return checkpoint.publish(staging, checkpoint.TrainerState(step, step, ORDER), keep=2)
 
     assert checkpoint.latest(tmp_path) is None
-    checkpoint.check_fresh(tmp_path)
+    assert checkpoint.start_point(tmp_path, False, ORDER) is None
     for step in (1, 2, 3):
         save(step)
     names = sorted(p.name for p in checkpoint.checkpoint_root(tmp_path).iterdir())
@@ -89,10 +88,26 @@ def test_checkpoints_publish_atomically_and_keep_the_last(tmp_path, monkeypatch)
     assert [p.name for p in checkpoint.complete_checkpoints(root)] == ["step-000003", "step-000005"]
 
 
-def test_a_new_run_refuses_an_earlier_runs_checkpoints(tmp_path):
-    checkpoint.staging_dir(tmp_path, 1)  # even an incomplete one
+def test_a_new_run_refuses_an_earlier_runs_checkpoints_or_metrics(tmp_path):
+    checkpoint.staging_dir(tmp_path / "a", 1)  # even an incomplete one
     with pytest.raises(checkpoint.ExistingRunError, match=r"step-000001\.tmp.*pass --resume"):
-        checkpoint.check_fresh(tmp_path)
+        checkpoint.start_point(tmp_path / "a", False, ORDER)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / checkpoint.METRICS_FILE).write_text('{"step": 1}\n')
+    with pytest.raises(checkpoint.ExistingRunError, match=r"metrics\.jsonl.*pass --resume"):
+        checkpoint.start_point(tmp_path / "b", False, ORDER)
+
+
+def test_resume_without_a_complete_checkpoint_never_restarts_over_an_earlier_run(tmp_path):
+    # Metrics but no checkpoint (a run that died before its first save): resuming from step 0
+    # would write over its metrics.
+    (tmp_path / checkpoint.METRICS_FILE).write_text('{"step": 1}\n')
+    before = snapshot(tmp_path)
+    with pytest.raises(checkpoint.ExistingRunError, match=r"metrics\.jsonl.*nothing complete to resume"):
+        checkpoint.start_point(tmp_path, True, ORDER)
+    assert snapshot(tmp_path) == before
+    # Nothing there yet: --resume starts the run.
+    assert checkpoint.start_point(tmp_path / "new", True, ORDER) is None
 
 
 def test_resume_refuses_another_data_order(tmp_path):
@@ -152,11 +167,8 @@ def test_packed_weights_read_through_the_object_store_without_copies(ray_local):
 
 def test_a_rollout_worker_lost_during_weight_sync_does_not_stop_the_run(ray_local):
     import os
-    from types import SimpleNamespace
 
     import ray
-
-    from tiny_r1v.trainer.driver import Trainer
 
     @ray.remote
     class Learner:
@@ -178,10 +190,9 @@ def test_a_rollout_worker_lost_during_weight_sync_does_not_stop_the_run(ray_loca
             return self.version
 
     # The driver's sync alone, on stand-ins for the learner and rollout actors.
-    trainer = object.__new__(Trainer)
-    trainer.graph = SimpleNamespace(learners=[Learner.remote()], rollouts=[Rollout.remote(True), Rollout.remote(False)])
-    trainer.weight_version, trainer.weights_ref = 0, None
-    assert trainer._sync() == {"sync/bytes": 8.0, "sync/load_seconds": 0.5}
-    assert trainer.weight_version == 1 and ray.get(trainer.graph.rollouts[1].weight_version.remote()) == 1
+    rollouts = [Rollout.remote(True), Rollout.remote(False)]
+    sync = WeightSync([Learner.remote()], rollouts)
+    assert sync.advance() == {"sync/bytes": 8.0, "sync/load_seconds": 0.5}
+    assert sync.version == 1 and ray.get(rollouts[1].weight_version.remote()) == 1
     # The next rollout finds the lost worker (restarted by Ray) behind and loads these weights.
-    assert ray.get(trainer.weights_ref).tensors()["w"].tolist() == [1.0, 1.0]
+    assert ray.get(sync.current()).tensors()["w"].tolist() == [1.0, 1.0]

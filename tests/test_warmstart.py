@@ -15,7 +15,15 @@ from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from tiny_r1v.data import load_examples
 from tiny_r1v.data.writer import DatasetWriter
 from tiny_r1v.rewards import score
-from tiny_r1v.warmstart import FILLER_SENTENCES, LOG_FILE, MAX_FILLERS, build_target, main, warm_start
+from tiny_r1v.warmstart import (
+    FILLER_SENTENCES,
+    LOG_FILE,
+    MAX_FILLERS,
+    WarmStartConfig,
+    build_target,
+    main,
+    warm_start,
+)
 
 # One ground truth per task family, in the form each accuracy reward compares.
 ANSWERS = {"vqa": "teal", "ocr": "7", "math": "12", "chart": "3.5"}
@@ -79,7 +87,7 @@ def test_warm_start_learns_saves_and_is_deterministic(tiny_model_dir: Path, data
     pixels = {"min_pixels": 3136, "max_pixels": 12544}
     examples = load_examples(dataset, **pixels)
     settings = {"steps": 12, "lr": 2e-3, "batch_size": 4, "seed": 3}
-    first = warm_start(tiny_model_dir, examples, tmp_path / "first", **settings)
+    first = warm_start(tiny_model_dir, examples, tmp_path / "first", WarmStartConfig(**settings))
     # The command line runs the same function: same data and settings, same weights.
     main(
         [

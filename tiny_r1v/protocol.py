@@ -49,3 +49,6 @@ class TrainSample:
     """Generated token ids, ``(L,)`` with ``L >= 1``."""
     advantage: float
     """Advantage broadcast to every response token."""
+    rollout_logprobs: tuple[float, ...] = ()
+    """The rollout policy's log-probability of each response token, ``(L,)``; empty when the
+    response was not sampled by a rollout engine (a supervised target)."""

@@ -38,7 +38,7 @@ def prepare(root: Path = ASSETS, *, min_pixels: int, max_pixels: int, seed: int 
     from tiny_r1v.data.offline import digits
     from tiny_r1v.data.writer import DatasetWriter
     from tiny_r1v.models.tiny import build_tiny_model
-    from tiny_r1v.warmstart import warm_start
+    from tiny_r1v.warmstart import WarmStartConfig, warm_start
 
     base, data, warm = root / "base-model", root / "data", root / "warm-model"
     if not (base / "config.json").is_file():
@@ -55,4 +55,4 @@ def prepare(root: Path = ASSETS, *, min_pixels: int, max_pixels: int, seed: int 
     if not (warm / "config.json").is_file():
         print(f"quickstart: warm start ({WARM_START_STEPS} supervised steps, a few minutes on CPU)")
         examples = load_examples([data / "train.jsonl"], min_pixels=min_pixels, max_pixels=max_pixels)
-        warm_start(base, examples, warm, steps=WARM_START_STEPS, seed=seed)
+        warm_start(base, examples, warm, WarmStartConfig(steps=WARM_START_STEPS, seed=seed))

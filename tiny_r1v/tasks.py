@@ -1,5 +1,5 @@
-"""Task families, shared by the dataset format and the training config (no heavy imports here:
-`tiny_r1v.config` must stay fast to import)."""
+"""The vocabulary shared by datasets, prompts, rewards and configs: task families and prompt
+formats (no heavy imports here: `tiny_r1v.config` must stay fast to import)."""
 
 from __future__ import annotations
 
@@ -10,3 +10,16 @@ Task = Literal["math", "chart", "ocr", "vqa"]
 
 TASKS: tuple[str, ...] = get_args(Task)
 """Every `Task`, in declaration order."""
+
+PromptFormat = Literal["boxed", "answer_tags"]
+"""Where the final answer goes (SPEC §1 switch): `\\boxed{...}` after the `<think>` block, or
+`<answer>...</answer>` tags."""
+
+PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)
+"""Every `PromptFormat`."""
+
+
+def check_prompt_format(prompt_format: str) -> None:
+    """Raise ValueError unless ``prompt_format`` is one of ``PROMPT_FORMATS``."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt_format {prompt_format!r}; expected {PROMPT_FORMATS}")

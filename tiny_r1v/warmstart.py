@@ -24,6 +24,7 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
 
@@ -31,13 +32,13 @@ import torch
 from transformers import AutoProcessor, ProcessorMixin, Qwen2_5_VLForConditionalGeneration
 from verl.utils.torch_functional import masked_mean
 
-from tiny_r1v.data import Example, build_messages, load_examples
+from tiny_r1v.data import Example, load_examples, render_prompt
 from tiny_r1v.learner.inputs import EncodedPrompt, collate, encode_prompt
 from tiny_r1v.learner.policy import PolicyModel
 from tiny_r1v.protocol import Prompt, TrainSample
-from tiny_r1v.rewards import PromptFormat, check_prompt_format
+from tiny_r1v.tasks import PROMPT_FORMATS, PromptFormat, check_prompt_format
 
-__all__ = ["FILLER_SENTENCES", "LOG_FILE", "MAX_FILLERS", "build_target", "warm_start"]
+__all__ = ["FILLER_SENTENCES", "LOG_FILE", "MAX_FILLERS", "WarmStartConfig", "build_target", "warm_start"]
 
 FILLER_SENTENCES: tuple[str, ...] = (
     " Let me think step by step.",
@@ -87,80 +88,78 @@ def build_target(
     return f"<think>{reasoning}</think> {final}"
 
 
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Settings of a warm start; the result is a pure function of them and the data."""
+
+    prompt_format: PromptFormat = "boxed"
+    """Where the targets put the final answer (as the RL prompt will ask)."""
+    steps: int = 500
+    """Optimizer steps."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate: linear warm-up to it, then cosine decay to a tenth of it."""
+    batch_size: int = 16
+    """Examples per step, drawn in shuffled epochs, each with a fresh target."""
+    seed: int = 0
+    """Seed of the example order, the targets and the torch generator."""
+    max_fillers: int = MAX_FILLERS
+    """Upper bound of the filler sentences per target (drawn uniformly from 0..max_fillers)."""
+    warmup_steps: int = 20
+    """Steps of linear warm-up."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (global L2 norm)."""
+    log_every: int = 0
+    """Print the loss every this many steps; 0: never."""
+    num_threads: int = 1
+    """CPU threads (restored afterwards). A tiny model's operations are too small to gain from
+    intra-op threads, and next to any other busy process OpenMP threads oversubscribe the cores
+    (docs/benchmarks.md)."""
+
+    def validate(self) -> WarmStartConfig:
+        """Raise on counts below 1; `build_target` checks the format and the filler bound."""
+        for key in ("steps", "batch_size", "num_threads"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        return self
+
+
 def warm_start(
     model_dir: str | PathLike[str],
     examples: Sequence[Example],
     out_dir: str | PathLike[str],
-    *,
-    prompt_format: PromptFormat = "boxed",
-    steps: int = 500,
-    lr: float = 1e-3,
-    batch_size: int = 16,
-    seed: int = 0,
-    max_fillers: int = MAX_FILLERS,
-    warmup_steps: int = 20,
-    max_grad_norm: float = 1.0,
-    log_every: int = 0,
-    num_threads: int = 1,
+    cfg: WarmStartConfig = WarmStartConfig(),
 ) -> Path:
     """Fine-tune the Qwen2.5-VL model in `model_dir` on verbose targets for `examples`.
 
-    Each step draws `batch_size` examples (in shuffled epochs) and a fresh target for each
-    (`build_target`), and minimises the token-mean negative log-likelihood of the target tokens
-    alone. AdamW, linear warm-up over `warmup_steps`, then cosine decay to a tenth of `lr`.
-    The result is a pure function of the arguments (same seed, same weights).
+    Each step draws `cfg.batch_size` examples and a fresh target for each (`build_target`), and
+    minimises the token-mean negative log-likelihood of the target tokens alone.
 
     Writes a complete model directory to `out_dir` (float32 safetensors, config, and the source
     directory's tokenizer/processor files) that transformers and vLLM load, plus `LOG_FILE` with
-    the per-step losses. Prints the loss every `log_every` steps (0: never). Returns `out_dir`.
-
-    Runs on `num_threads` CPU threads (restored afterwards). One is the default: a tiny model's
-    operations are too small to gain from intra-op threads, and next to any other busy process
-    OpenMP threads oversubscribe the cores (measured on 2 cores: 0.18 s a step with one thread,
-    2-5 s with two).
+    the settings and the per-step losses. Returns `out_dir`.
     """
     if not examples:
         raise ValueError("warm_start needs at least one example")
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    cfg.validate()
     source, out = Path(model_dir), Path(out_dir)
     started = time.perf_counter()
-    rng = random.Random(seed)
     processor = AutoProcessor.from_pretrained(source)
     threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
+    torch.set_num_threads(cfg.num_threads)
     try:
         with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
-            torch.manual_seed(seed)
+            torch.manual_seed(cfg.seed)
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 source, dtype=torch.float32, attn_implementation="sdpa"
             )
-            losses = _train(
-                model,
-                processor,
-                examples,
-                rng,
-                prompt_format=prompt_format,
-                steps=steps,
-                lr=lr,
-                batch_size=batch_size,
-                max_fillers=max_fillers,
-                warmup_steps=warmup_steps,
-                max_grad_norm=max_grad_norm,
-                log_every=log_every,
-            )
+            losses = _train(model, processor, examples, cfg)
     finally:
         torch.set_num_threads(threads)
     _save(model, source, out)
     log = {
         "source": str(source),
         "examples": len(examples),
-        "prompt_format": prompt_format,
-        "steps": steps,
-        "lr": lr,
-        "batch_size": batch_size,
-        "seed": seed,
-        "max_fillers": max_fillers,
+        **asdict(cfg),
         "seconds": round(time.perf_counter() - started, 2),
         "losses": losses,
     }
@@ -172,41 +171,33 @@ def _train(
     model: Qwen2_5_VLForConditionalGeneration,
     processor: ProcessorMixin,
     examples: Sequence[Example],
-    rng: random.Random,
-    *,
-    prompt_format: PromptFormat,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    max_fillers: int,
-    warmup_steps: int,
-    max_grad_norm: float,
-    log_every: int,
+    cfg: WarmStartConfig,
 ) -> list[float]:
     """The SFT loop; returns the loss of every step."""
+    rng = random.Random(cfg.seed)
     config = model.config
     image_token_id, merge_size = config.image_token_id, config.vision_config.spatial_merge_size
     end_of_turn = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     policy = PolicyModel(model).train()
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     # Warm-up keeps the first Adam steps of a random model from overshooting; the cosine tail
     # lets the last steps settle instead of leaving the weights mid-oscillation.
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, cfg.steps))
     # Prompts are encoded once, on first use: the processor (image resize, patching) costs more
     # than a training step of a tiny model.
     encoded: dict[str, EncodedPrompt] = {}
     order: list[int] = []
     losses = []
-    for step in range(steps):
+    for step in range(cfg.steps):
         batch = []
-        for _ in range(batch_size):
+        for _ in range(cfg.batch_size):
             if not order:
                 order = rng.sample(range(len(examples)), len(examples))
             example = examples[order.pop()]
             if example.uid not in encoded:
-                prompt = _render(processor, example, prompt_format)
+                prompt = render_prompt(processor, example, cfg.prompt_format, example.uid)
                 encoded[example.uid] = encode_prompt(processor, prompt, image_token_id, merge_size)
-            target = build_target(example.answer, rng, prompt_format=prompt_format, max_fillers=max_fillers)
+            target = build_target(example.answer, rng, prompt_format=cfg.prompt_format, max_fillers=cfg.max_fillers)
             ids = processor.tokenizer.encode(target, add_special_tokens=False) + [end_of_turn]
             # `prompt` is only a label for collate's errors; the encoded prompt carries the inputs.
             sample = TrainSample(prompt=Prompt(uid=example.uid, text=""), response_ids=tuple(ids), advantage=0.0)
@@ -216,12 +207,12 @@ def _train(
         loss = -masked_mean(logprobs, inputs.response_mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         optimizer.step()
         schedule.step()
         losses.append(round(loss.item(), 5))
-        if log_every and (step + 1) % log_every == 0:
-            print(f"warm start step {step + 1}/{steps}: loss {losses[-1]:.4f}", flush=True)
+        if cfg.log_every and (step + 1) % cfg.log_every == 0:
+            print(f"warm start step {step + 1}/{cfg.steps}: loss {losses[-1]:.4f}", flush=True)
     model.eval()
     return losses
 
@@ -232,14 +223,6 @@ def _lr_factor(step: int, warmup_steps: int, steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, steps - warmup_steps)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _render(processor: ProcessorMixin, example: Example, prompt_format: PromptFormat) -> Prompt:
-    """The example as the rollout workers see it: chat-templated text and resized images."""
-    text = processor.apply_chat_template(
-        build_messages(example, prompt_format), add_generation_prompt=True, tokenize=False
-    )
-    return Prompt(uid=example.uid, text=text, images=tuple(example.load_images()))
 
 
 def _save(model: Qwen2_5_VLForConditionalGeneration, source: Path, out: Path) -> None:
@@ -262,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-fillers", type=int, default=MAX_FILLERS)
     parser.add_argument("--num-threads", type=int, default=1)
-    parser.add_argument("--prompt-format", choices=("boxed", "answer_tags"), default="boxed")
+    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="boxed")
     parser.add_argument("--min-pixels", type=int, help="default: the model's processor's bound")
     parser.add_argument("--max-pixels", type=int, help="default: the model's processor's bound")
     args = parser.parse_args(argv)
@@ -276,10 +259,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         min_pixels=args.min_pixels or size["shortest_edge"],
         max_pixels=args.max_pixels or size["longest_edge"],
     )
-    out = warm_start(
-        args.model,
-        examples,
-        args.out,
+    cfg = WarmStartConfig(
         prompt_format=args.prompt_format,
         steps=args.steps,
         lr=args.lr,
@@ -289,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_every=max(1, args.steps // 20),
         num_threads=args.num_threads,
     )
+    out = warm_start(args.model, examples, args.out, cfg)
     log = json.loads((out / LOG_FILE).read_text())
     print(f"wrote {out} in {log['seconds']} s; loss {log['losses'][0]:.3f} -> {log['losses'][-1]:.3f}")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tiny_r1v.config.loader import require, section
-from tiny_r1v.tasks import Task
+from tiny_r1v.tasks import PromptFormat, Task
 
 # Qwen2.5-VL: 14-pixel patches merged 2x2, so one image token per 28x28 pixels.
 PIXELS_PER_IMAGE_TOKEN = 28 * 28
@@ -39,7 +39,7 @@ def _not_empty(key: str, value: str) -> None:
 class PromptConfig:
     """How an example becomes a prompt: shared by training data and evaluation benchmarks."""
 
-    prompt_format: Literal["boxed", "answer_tags"] = "boxed"
+    prompt_format: PromptFormat = "boxed"
     """Where the final answer goes: `\\boxed{...}` or `<answer>...</answer>` (SPEC §1 switch)."""
     max_prompt_length: int = 2048
     """Prompt length limit in tokens, image tokens included."""
@@ -290,6 +290,10 @@ class TrainerConfig:
     seed: int = 1
     """Seed of the learners' torch generator (rank r: seed + r). The data order has `data.seed`,
     sampling `rollout.seed`; the driver draws nothing at random."""
+    verbose: bool = False
+    """Print every actor's output and Ray's and vLLM's INFO lines on the console; otherwise they
+    go to `<run>/logs/` and the console shows the progress bar, warnings, errors and the summary
+    (`launch/lipo.py --verbose` or TINY_R1V_VERBOSE=1 set it)."""
 
     def validate(self) -> None:
         _positive("rollout_batch_size", self.rollout_batch_size)
@@ -327,6 +331,11 @@ class TrainConfig:
         cfg._validate_cross_section()
         return cfg
 
+    def samples_per_update(self) -> int:
+        """Samples in one optimizer step's mini-batch over all learner ranks: each of the
+        `learner.global_batch_size` prompts brings its `rollout.n` responses."""
+        return self.learner.global_batch_size * self.rollout.n
+
     def _resolved(self) -> TrainConfig:
         lipo = self.algorithm.lipo
         # OCR rewards are continuous, so "similar quality" needs a tolerance; binary ones do not.
@@ -343,7 +352,7 @@ class TrainConfig:
             f"must be a multiple of learner.global_batch_size ({learner.global_batch_size}), "
             f"got {self.trainer.rollout_batch_size}",
         )
-        samples = learner.global_batch_size * self.rollout.n
+        samples = self.samples_per_update()
         per_pass = learner.num_workers * learner.micro_batch_size
         require(
             samples % per_pass == 0,

@@ -44,7 +44,7 @@ from tiny_r1v.data.dataset import (
     ImageRef,
     load_examples,
 )
-from tiny_r1v.data.prompts import TEMPLATES, build_messages
+from tiny_r1v.data.prompts import TEMPLATES, build_messages, render_prompt
 from tiny_r1v.tasks import TASKS, Task
 
 __all__ = [
@@ -58,4 +58,5 @@ __all__ = [
     "Task",
     "build_messages",
     "load_examples",
+    "render_prompt",
 ]

@@ -1,18 +1,23 @@
-"""Prompts: an example as Qwen2.5-VL chat messages, with a per-task instruction (SPEC §1 format).
+"""Prompts: an example as Qwen2.5-VL chat messages with a per-task instruction (SPEC §1 format),
+and as the rendered `Prompt` the engines and learners take.
 
 The instruction asks for reasoning inside ``<think> </think>`` and the final answer in
 ``\\boxed{}`` or, under the ``answer_tags`` switch, inside ``<answer> </answer>``; the format
-reward (`tiny_r1v.rewards.extract.format_score`) checks exactly that shape. The chat template is
-applied later, by the processor:
-``processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)``.
+reward (`tiny_r1v.rewards.extract.format_score`) checks exactly that shape. `render_prompt` is the
+one place the model's chat template is applied to them: training, validation, evaluation and the
+warm start all prompt through it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiny_r1v.data.dataset import Example
-from tiny_r1v.rewards.extract import PromptFormat, check_prompt_format
+from tiny_r1v.protocol import Prompt
+from tiny_r1v.tasks import PromptFormat, check_prompt_format
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
 
 TEMPLATES: dict[str, str] = {
     "math": (
@@ -53,3 +58,12 @@ def build_messages(example: Example, prompt_format: PromptFormat) -> list[dict[s
     content: list[dict[str, Any]] = [{"type": "image"} for _ in example.images]
     content.append({"type": "text", "text": text})
     return [{"role": "user", "content": content}]
+
+
+def render_prompt(processor: ProcessorMixin, example: Example, prompt_format: PromptFormat, uid: str) -> Prompt:
+    """The example as the model sees it: its chat template applied to `build_messages` (with the
+    generation prompt) and its images loaded and resized. `uid` labels the prompt's group."""
+    text = processor.apply_chat_template(
+        build_messages(example, prompt_format), add_generation_prompt=True, tokenize=False
+    )
+    return Prompt(uid=uid, text=text, images=tuple(example.load_images()))

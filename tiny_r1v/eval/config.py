@@ -88,6 +88,9 @@ class EvalConfig:
     max_parallel: int | None = None
     """Most models evaluated at once (one engine each); null: as many as the GPUs hold
     (GPUs // engine.tensor_parallel_size), one on CPU."""
+    verbose: bool = False
+    """Print the engines' output and Ray's and vLLM's INFO lines on the console; otherwise they go
+    to `<output_dir>/logs/` (`launch/eval.py --verbose` or TINY_R1V_VERBOSE=1 set it)."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
     """Prompt construction: the training config's `data` settings of the same names."""
     decoding: DecodingConfig = field(default_factory=DecodingConfig)

@@ -1,20 +1,23 @@
 """One model's engine: renders benchmark prompts as training does and generates responses.
 
 `ModelEvaluator` is a plain class; the runner places one per model in a Ray actor. It reuses the
-rollout engine (`tiny_r1v.rollout.engine`) and the training prompt (`tiny_r1v.data.build_messages`
-through the model's own chat template), and decodes responses the way the reward scorer does.
+rollout engine (`tiny_r1v.rollout.engine`), the training prompt (`tiny_r1v.data.render_prompt`,
+through the model's own chat template) and the scorer's decoding (`tiny_r1v.rewards.completions`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tiny_r1v.config.train import DataConfig, ModelConfig, RolloutConfig, TrainConfig, TrainerConfig
-from tiny_r1v.data import Example, build_messages
+from tiny_r1v.console import quiet_actor
+from tiny_r1v.data import Example, render_prompt
+from tiny_r1v.device import compute_dtype, resolve_device
 from tiny_r1v.eval.config import EvalConfig
-from tiny_r1v.protocol import Prompt
+from tiny_r1v.rewards.completions import decode
+from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -34,60 +37,50 @@ class Generation:
     finish_reason: str
 
 
-def engine_config(cfg: EvalConfig, model_dir: str) -> TrainConfig:
-    """The settings `build_llm` and `RolloutEngine` read, carried in the training schema.
+def engine_model(cfg: EvalConfig, model_dir: str) -> EngineModel:
+    """A model directory as every evaluation engine serves it (the config's device and dtype)."""
+    dtype = compute_dtype(cfg.dtype, resolve_device(cfg.device))
+    return EngineModel(path=model_dir, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
 
-    Never validated: greedy decoding (temperature 0, one sample) breaks training's rules on
-    purpose, and there are no training files.
-    """
-    return TrainConfig(
-        data=DataConfig(train_files=(), **asdict(cfg.prompt)),
-        model=ModelConfig(path=model_dir, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code),
-        rollout=RolloutConfig(
-            **asdict(cfg.engine),
-            n=cfg.decoding.n,
-            temperature=cfg.decoding.temperature,
-            top_p=cfg.decoding.top_p,
-            seed=cfg.decoding.seed,
-        ),
-        trainer=TrainerConfig(device=cfg.device),
-    )
+
+def sampling(cfg: EvalConfig) -> SamplingSpec:
+    """The decoding every model is evaluated with."""
+    d = cfg.decoding
+    return SamplingSpec(n=d.n, temperature=d.temperature, top_p=d.top_p, max_tokens=cfg.engine.max_response_length)
+
+
+def build_eval_llm(cfg: EvalConfig, model_dir: str) -> LLM:
+    """The vLLM engine an evaluation actor runs for `model_dir` (tests build the same one)."""
+    from tiny_r1v.rollout.engine import build_llm
+
+    return build_llm(engine_model(cfg, model_dir), cfg.engine, cfg.prompt.max_prompt_length, cfg.decoding.seed)
 
 
 class ModelEvaluator:
     """Generates a benchmark's responses with one model.
 
     Args:
-        llm: an engine already built for `model_dir` with `engine_config`'s settings (tests
-            share one); None builds it.
+        llm: an engine already built for `model_dir` by `build_eval_llm` (tests share one); None
+            builds it.
     """
 
     def __init__(self, cfg: EvalConfig, model_dir: str, llm: LLM | None = None) -> None:
         from transformers import AutoProcessor
 
-        from tiny_r1v.rollout.engine import RolloutEngine, build_llm
+        from tiny_r1v.rollout.engine import RolloutEngine
 
-        train_cfg = engine_config(cfg, model_dir)
+        quiet_actor(Path(cfg.output_dir) / "logs", "engine", cfg.verbose)
         self.cfg = cfg
-        self.engine = RolloutEngine(llm if llm is not None else build_llm(train_cfg), train_cfg)
+        self.engine = RolloutEngine(llm if llm is not None else build_eval_llm(cfg, model_dir), sampling(cfg))
         # The model's own processor: its chat template and tokenizer are part of the checkpoint.
         self.processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
 
     def generate(self, examples: Sequence[Example]) -> list[Generation]:
         """k responses per example, grouped in example order."""
-        prompts = [
-            Prompt(
-                uid=example.uid,
-                text=self.processor.apply_chat_template(
-                    build_messages(example, self.cfg.prompt.prompt_format), add_generation_prompt=True, tokenize=False
-                ),
-                images=tuple(example.load_images()),
-            )
-            for example in examples
-        ]
+        prompts = [render_prompt(self.processor, e, self.cfg.prompt.prompt_format, e.uid) for e in examples]
         # One call per benchmark, so prompt i samples with the same seeds whichever model runs it.
         completions = self.engine.generate(prompts, seed=self.cfg.decoding.seed)
-        texts = self.processor.tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
+        texts = decode(self.processor.tokenizer, completions)
         text_of = {prompt.uid: prompt.text for prompt in prompts}
         k = self.cfg.decoding.n
         return [

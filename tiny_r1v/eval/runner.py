@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from tiny_r1v.config import to_dict
-from tiny_r1v.device import compute_dtype, resolve_device
+from tiny_r1v.console import ray_init_options
+from tiny_r1v.device import resolve_device
 from tiny_r1v.eval import cache
 from tiny_r1v.eval.config import EvalConfig
-from tiny_r1v.eval.generate import Generation
+from tiny_r1v.eval.generate import Generation, engine_model
 from tiny_r1v.eval.inputs import Benchmark, ModelSource
 from tiny_r1v.eval.metrics import SampleRecord, Summary, table
 from tiny_r1v.eval.report import write_report
-from tiny_r1v.rewards import ScoreRequest, ScorerPool
+from tiny_r1v.rewards import ScorerPool
+from tiny_r1v.rewards.completions import Reference, score_texts
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class EvalResult:
 
 def engine_dtype(cfg: EvalConfig) -> str:
     """The dtype the engines compute in (`auto` resolved): it changes the responses."""
-    return str(compute_dtype(cfg.dtype, resolve_device(cfg.device))).removeprefix("torch.")
+    return str(engine_model(cfg, "").dtype).removeprefix("torch.")
 
 
 def pair_settings(cfg: EvalConfig, model: ModelSource, benchmark: Benchmark) -> dict[str, Any]:
@@ -88,33 +90,25 @@ def score(
 ) -> list[SampleRecord]:
     """Generations -> records, scored by the task's reward functions (SPEC §1) as in training."""
     examples = {example.uid: example for example in benchmark.examples}
-    requests = [
-        ScoreRequest(
-            task=examples[g.id].task,
-            response=g.response,
-            ground_truth=examples[g.id].answer,
-            prompt_format=cfg.prompt.prompt_format,
-            format_weight=cfg.reward.format_weight,
-        )
-        for g in generations
-    ]
-    scores = pool.score_batch(requests)
+    references = [Reference(task=examples[g.id].task, answer=examples[g.id].answer) for g in generations]
+    texts = [g.response for g in generations]
+    scores = score_texts(pool, texts, references, cfg.prompt.prompt_format, cfg.reward.format_weight)
     return [
         SampleRecord(
             model=model,
             benchmark=benchmark.name,
             id=g.id,
             sample=g.sample,
-            task=request.task,
+            task=reference.task,
             prompt=g.prompt,
             response=g.response,
-            answer=request.ground_truth,
+            answer=reference.answer,
             tokens=g.tokens,
             finish_reason=g.finish_reason,
             reward={"accuracy": s.accuracy, "format": s.format, "total": s.total},
             correct=s.accuracy == 1.0,
         )
-        for g, request, s in zip(generations, requests, scores, strict=True)
+        for g, reference, s in zip(generations, references, scores, strict=True)
     ]
 
 
@@ -176,7 +170,7 @@ def generate_on_ray(cfg: EvalConfig, jobs: Sequence[tuple[ModelSource, Sequence[
     from tiny_r1v.eval.generate import ModelEvaluator
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), **ray_init_options())
     gpu = resolve_device(cfg.device).type == "cuda"
     resources = ray.cluster_resources()
     tp = cfg.engine.tensor_parallel_size

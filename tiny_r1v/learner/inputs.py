@@ -51,6 +51,9 @@ class PolicyInputs:
     """``(b, R)`` float, 1 on real response tokens."""
     advantages: torch.Tensor
     """``(b,)`` sequence-level advantage."""
+    rollout_logprobs: torch.Tensor | None = None
+    """``(b, R)`` the rollout engine's log-prob of each response token (0 on padding); None
+    unless every sample was sampled by an engine."""
 
     def to(self, device: torch.device | str) -> PolicyInputs:
         """The same micro-batch on ``device``."""
@@ -114,6 +117,16 @@ def collate(samples: Sequence[tuple[EncodedPrompt, TrainSample]], pad_token_id: 
         response_ids[row, :r] = response
         response_mask[row, :r] = 1.0
         logit_positions[row, :r] = torch.arange(p - 1, p + r - 1)
+    sampled = all(s.rollout_logprobs for _, s in samples)
+    rollout_logprobs = torch.zeros((b, width)) if sampled else None
+    for row, (_, sample) in enumerate(samples):
+        if sampled:
+            if len(sample.rollout_logprobs) != len(sample.response_ids):
+                raise ValueError(
+                    f"prompt {sample.prompt.uid!r}: {len(sample.rollout_logprobs)} rollout log-probs for "
+                    f"{len(sample.response_ids)} response tokens"
+                )
+            rollout_logprobs[row, : len(sample.rollout_logprobs)] = torch.tensor(sample.rollout_logprobs)
     pixels = [p.pixel_values for p, _ in samples if p.pixel_values is not None]
     grids = [p.image_grid_thw for p, _ in samples if p.image_grid_thw is not None]
     return PolicyInputs(
@@ -126,4 +139,5 @@ def collate(samples: Sequence[tuple[EncodedPrompt, TrainSample]], pad_token_id: 
         response_ids=response_ids,
         response_mask=response_mask,
         advantages=torch.tensor([s.advantage for _, s in samples], dtype=torch.float32),
+        rollout_logprobs=rollout_logprobs,
     )

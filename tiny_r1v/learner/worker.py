@@ -7,7 +7,6 @@ Every public method except the constructor is collective — call it on all rank
 from __future__ import annotations
 
 import os
-import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from tiny_r1v.device import compute_dtype, resolve_device
 from tiny_r1v.learner.inputs import EncodedPrompt, PolicyInputs, collate, encode_prompt
 from tiny_r1v.learner.policy import PolicyModel
 from tiny_r1v.protocol import TrainSample
+from tiny_r1v.timing import timed
 
 # Checkpoint keys of the wrapped model start with the wrapper's attribute name.
 _WRAPPER_PREFIX = "model."
@@ -51,9 +51,29 @@ def _attention(setting: str, device: torch.device) -> str:
     return "sdpa"
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def _batches_of(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Consecutive pieces of ``size`` items (the last may be shorter)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def logprob_gap(micro_batches: Sequence[PolicyInputs], logprobs: Sequence[torch.Tensor]) -> dict[str, float]:
+    """How far the rollout engine's log-probs of the sampled tokens are from the learner's of the
+    same tokens under the same weights (``logprobs[i]``: ``(b, R)`` of micro-batch ``i``): a wrong
+    weight sync or a precision mismatch shows here first. Mean and max absolute difference over
+    the response tokens; empty when the samples carry no rollout log-probs."""
+    gaps = [
+        ((lp.cpu() - mb.rollout_logprobs).abs() * mb.response_mask, mb.response_mask)
+        for mb, lp in zip(micro_batches, logprobs, strict=True)
+        if mb.rollout_logprobs is not None
+    ]
+    if not gaps:
+        return {}
+    tokens = sum(float(mask.sum()) for _, mask in gaps)
+    return {
+        "rollout/logprob_diff_mean": sum(float(gap.sum()) for gap, _ in gaps) / tokens,
+        "rollout/logprob_diff_max": max(float(gap.max()) for gap, _ in gaps),
+    }
 
 
 def _local(value: torch.Tensor) -> torch.Tensor:
@@ -172,7 +192,7 @@ class Learner:
         return pairs
 
     def _micro_batches(self, pairs: Sequence[tuple[EncodedPrompt, TrainSample]]) -> list[PolicyInputs]:
-        return [collate(chunk, self.pad_token_id) for chunk in _chunks(pairs, self.cfg.learner.micro_batch_size)]
+        return [collate(chunk, self.pad_token_id) for chunk in _batches_of(pairs, self.cfg.learner.micro_batch_size)]
 
     @torch.no_grad()
     def _logprobs(self, module: PolicyModel, micro_batches: Sequence[PolicyInputs]) -> list[torch.Tensor]:
@@ -183,7 +203,7 @@ class Learner:
         """Recompute old (and reference) log-probs, then run the PPO updates on this rank's shard.
 
         ``samples`` is this rank's share of the iteration: ``rollout_batch_size * n / world_size``
-        responses. Mini-batches are ``global_batch_size * n / world_size`` of them per rank; the
+        responses. Mini-batches are ``samples_per_update / world_size`` of them per rank; the
         loss of each is normalised over the tokens of the whole mini-batch on all ranks.
 
         Returns:
@@ -191,43 +211,40 @@ class Learner:
         """
         lcfg = self.cfg.learner
         timings: dict[str, float] = {}
-        start = time.perf_counter()
-        pairs = self._encode(samples)
-        micro_batches = self._micro_batches(pairs)
-        timings["encode"] = time.perf_counter() - start
+        with timed(timings, "encode"):
+            pairs = self._encode(samples)
+            micro_batches = self._micro_batches(pairs)
 
-        start = time.perf_counter()
-        self.policy.eval()
-        old = self._logprobs(self.policy, micro_batches)
-        timings["old_logprob"] = time.perf_counter() - start
+        with timed(timings, "old_logprob"):
+            self.policy.eval()
+            old = self._logprobs(self.policy, micro_batches)
         ref = None
         if self.reference is not None:
-            start = time.perf_counter()
-            ref = self._logprobs(self.reference, micro_batches)
-            timings["ref_logprob"] = time.perf_counter() - start
+            with timed(timings, "ref_logprob"):
+                ref = self._logprobs(self.reference, micro_batches)
 
-        start = time.perf_counter()
-        self.policy.train()
-        per_rank = lcfg.global_batch_size * self.cfg.rollout.n // self.world_size
-        micro_per_mini = per_rank // lcfg.micro_batch_size
-        sums: dict[str, float] = defaultdict(float)
-        steps = 0
-        for _ in range(lcfg.ppo_epochs):
-            for first in range(0, len(micro_batches), micro_per_mini):
-                indices = range(first, min(first + micro_per_mini, len(micro_batches)))
-                self._set_global_batch([micro_batches[i] for i in indices])
-                for i in indices:
-                    step_metrics = self._micro_step(micro_batches[i], old[i], None if ref is None else ref[i])
-                    for key, value in step_metrics.items():
-                        # A micro-batch's loss is its share of the mini-batch's (normalised over the
-                        # mini-batch on all ranks): summed. The other figures are micro-batch means.
-                        sums[key] += value if key == "pg_loss" else value / len(indices)
-                grad_norm = self._optimizer_step()
-                sums["grad_norm"] += grad_norm
-                steps += 1
-        timings["update"] = time.perf_counter() - start
+        with timed(timings, "update"):
+            self.policy.train()
+            per_rank = self.cfg.samples_per_update() // self.world_size
+            micro_per_mini = per_rank // lcfg.micro_batch_size
+            sums: dict[str, float] = defaultdict(float)
+            steps = 0
+            for _ in range(lcfg.ppo_epochs):
+                for first in range(0, len(micro_batches), micro_per_mini):
+                    indices = range(first, min(first + micro_per_mini, len(micro_batches)))
+                    self._set_global_batch([micro_batches[i] for i in indices])
+                    for i in indices:
+                        step_metrics = self._micro_step(micro_batches[i], old[i], None if ref is None else ref[i])
+                        for key, value in step_metrics.items():
+                            # A micro-batch's loss is its share of the mini-batch's (normalised over the
+                            # mini-batch on all ranks): summed. The other figures are micro-batch means.
+                            sums[key] += value if key == "pg_loss" else value / len(indices)
+                    grad_norm = self._optimizer_step()
+                    sums["grad_norm"] += grad_norm
+                    steps += 1
         metrics = {key: value / steps for key, value in sums.items()}
         metrics["optimizer_steps"] = float(steps)
+        metrics.update(logprob_gap(micro_batches, old))
         metrics.update({f"time/{key}": value for key, value in timings.items()})
         return metrics
 

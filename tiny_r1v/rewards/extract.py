@@ -8,10 +8,8 @@ final answer in ``<answer>...</answer>`` tags after the reasoning.
 from __future__ import annotations
 
 import re
-from typing import Literal, get_args
 
-PromptFormat = Literal["boxed", "answer_tags"]
-PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)
+from tiny_r1v.tasks import PromptFormat, check_prompt_format
 
 _BOXED_OPEN = re.compile(r"\\boxed\s*\{")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -65,12 +63,6 @@ def _unbox(text: str) -> str:
     if match is not None and _closing_brace(text, match.end()) == len(text) - 1:
         return text[match.end() : -1]
     return text
-
-
-def check_prompt_format(prompt_format: str) -> None:
-    """Raise ValueError unless ``prompt_format`` is one of ``PROMPT_FORMATS``."""
-    if prompt_format not in PROMPT_FORMATS:
-        raise ValueError(f"unknown prompt_format {prompt_format!r}; expected {PROMPT_FORMATS}")
 
 
 def extract_answer(response: str, prompt_format: PromptFormat) -> str | None:

@@ -27,7 +27,7 @@ import pebble
 
 from tiny_r1v.rewards import accuracy
 from tiny_r1v.rewards.accuracy import Score, get_accuracy, score
-from tiny_r1v.rewards.extract import PromptFormat, check_prompt_format
+from tiny_r1v.tasks import PromptFormat, check_prompt_format
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,9 @@
 The engine core runs in the calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as verl and
 EasyR1 run it): new weights then reach the model as tensors through ``apply_model`` instead of
 being serialised to a worker process, and there is no engine process to supervise.
+
+The engine knows nothing of training or evaluation configs: it takes the model (`EngineModel`),
+vLLM's sizing (`EngineConfig`) and how to sample (`SamplingSpec`).
 """
 
 from __future__ import annotations
@@ -13,33 +16,32 @@ from collections.abc import Mapping, Sequence
 import torch
 from vllm import LLM, SamplingParams
 
-from tiny_r1v.config.train import TrainConfig
-from tiny_r1v.device import compute_dtype, resolve_device
+from tiny_r1v.config.train import EngineConfig
 from tiny_r1v.protocol import Completion, Prompt
+from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec, sample_seed
 
 
-def build_llm(cfg: TrainConfig) -> LLM:
-    """An in-process vLLM engine for ``cfg.model.path`` sized by ``cfg.rollout`` and ``cfg.data``."""
-    rollout = cfg.rollout
-    device = resolve_device(cfg.trainer.device)
+def build_llm(model: EngineModel, engine: EngineConfig, max_prompt_length: int, seed: int) -> LLM:
+    """An in-process vLLM engine for ``model``, sized by ``engine`` for prompts of up to
+    ``max_prompt_length`` tokens."""
     memory = (
-        {"kv_cache_memory_bytes": rollout.kv_cache_memory_mb << 20}
-        if rollout.kv_cache_memory_mb is not None
-        else {"gpu_memory_utilization": rollout.gpu_memory_utilization}
+        {"kv_cache_memory_bytes": engine.kv_cache_memory_mb << 20}
+        if engine.kv_cache_memory_mb is not None
+        else {"gpu_memory_utilization": engine.gpu_memory_utilization}
     )
     saved_environ = dict(os.environ)
     saved_set_num_threads = torch.set_num_threads
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
         return LLM(
-            model=cfg.model.path,
-            trust_remote_code=cfg.model.trust_remote_code,
-            dtype=str(compute_dtype(cfg.model.dtype, device)).removeprefix("torch."),
-            tensor_parallel_size=rollout.tensor_parallel_size,
-            enforce_eager=rollout.enforce_eager,
-            max_model_len=cfg.data.max_prompt_length + rollout.max_response_length,
-            limit_mm_per_prompt={"image": rollout.max_images_per_prompt, "video": 0},
-            seed=rollout.seed,
+            model=model.path,
+            trust_remote_code=model.trust_remote_code,
+            dtype=str(model.dtype).removeprefix("torch."),
+            tensor_parallel_size=engine.tensor_parallel_size,
+            enforce_eager=engine.enforce_eager,
+            max_model_len=max_prompt_length + engine.max_response_length,
+            limit_mm_per_prompt={"image": engine.max_images_per_prompt, "video": 0},
+            seed=seed,
             **memory,
         )
     finally:
@@ -51,33 +53,36 @@ def build_llm(cfg: TrainConfig) -> LLM:
         torch.set_num_threads = saved_set_num_threads
 
 
-class RolloutEngine:
-    """Samples ``rollout.n`` responses per prompt and records which weights produced them."""
+def _params(spec: SamplingSpec) -> SamplingParams:
+    return SamplingParams(
+        n=spec.n,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        max_tokens=spec.max_tokens,
+        logprobs=0,  # just the sampled token's log-prob
+        detokenize=False,  # the scorer decodes; token ids are what the learner needs
+    )
 
-    def __init__(self, llm: LLM, cfg: TrainConfig) -> None:
+
+class RolloutEngine:
+    """Samples ``sampling.n`` responses per prompt and records which weights produced them."""
+
+    def __init__(self, llm: LLM, sampling: SamplingSpec) -> None:
         self.llm = llm
-        rollout = cfg.rollout
-        self.sampling = SamplingParams(
-            n=rollout.n,
-            temperature=rollout.temperature,
-            top_p=rollout.top_p,
-            max_tokens=rollout.max_response_length,
-            logprobs=0,  # just the sampled token's log-prob
-            detokenize=False,  # the scorer decodes; token ids are what the learner needs
-        )
+        self.n = sampling.n
+        self.sampling = _params(sampling)
         # Validation, as verl's default: one greedy response per prompt.
-        self.greedy = SamplingParams(
-            n=1, temperature=0.0, max_tokens=rollout.max_response_length, logprobs=0, detokenize=False
-        )
+        self.greedy = _params(SamplingSpec(n=1, temperature=0.0, top_p=1.0, max_tokens=sampling.max_tokens))
         self.weight_version = 0
 
-    def generate(self, prompts: Sequence[Prompt], seed: int | None = None, greedy: bool = False) -> list[Completion]:
-        """``rollout.n`` completions per prompt (one greedy one with ``greedy``), grouped in prompt order.
+    def generate(
+        self, prompts: Sequence[Prompt], seed: int | None = None, first_slot: int = 0, greedy: bool = False
+    ) -> list[Completion]:
+        """``n`` completions per prompt (one greedy one with ``greedy``), grouped in prompt order.
 
         Args:
-            seed: makes the batch's sampling reproducible: sample ``k`` of prompt ``index`` draws
-                with seed ``(seed + index) * n + k`` (vLLM seeds a request's samples ``s + k``), so
-                no two samples of consecutive prompt slots share their random draws.
+            seed: makes sampling reproducible however a batch is split across engines: prompt
+                ``i`` is slot ``first_slot + i`` and draws with ``sample_seed(seed, slot, n)``.
         """
         requests = [
             {"prompt": p.text, "multi_modal_data": {"image": list(p.images)}} if p.images else {"prompt": p.text}
@@ -87,7 +92,7 @@ class RolloutEngine:
         if seed is not None and not greedy:
             params = [params.clone() for _ in prompts]
             for index, item in enumerate(params):
-                item.seed = (seed + index) * item.n
+                item.seed = sample_seed(seed, first_slot + index, self.n)
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         completions = []
         for prompt, output in zip(prompts, outputs, strict=True):

@@ -6,7 +6,6 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
 import ray
 import torch
@@ -14,9 +13,12 @@ from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from tiny_r1v.config.train import TrainConfig
-from tiny_r1v.device import resolve_device
+from tiny_r1v.console import quiet_actor
+from tiny_r1v.device import compute_dtype, resolve_device
 from tiny_r1v.learner.worker import Learner
 from tiny_r1v.protocol import Completion, Prompt
+from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec
+from tiny_r1v.trainer.checkpoint import log_dir
 from tiny_r1v.trainer.scoring import GroupScorer
 from tiny_r1v.trainer.weights import PackedWeights
 
@@ -35,19 +37,40 @@ def _use_all_cores(device: torch.device) -> None:
         torch.set_num_threads(cores)
 
 
+def engine_model(cfg: TrainConfig) -> EngineModel:
+    """The policy's start checkpoint as the rollout engines serve it."""
+    dtype = compute_dtype(cfg.model.dtype, resolve_device(cfg.trainer.device))
+    return EngineModel(path=cfg.model.path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def rollout_sampling(cfg: TrainConfig) -> SamplingSpec:
+    """How the rollout engines sample a group."""
+    rollout = cfg.rollout
+    return SamplingSpec(
+        n=rollout.n, temperature=rollout.temperature, top_p=rollout.top_p, max_tokens=rollout.max_response_length
+    )
+
+
+def build_rollout_llm(cfg: TrainConfig):  # -> vllm.LLM, imported lazily (the driver never loads vLLM)
+    """The vLLM engine of a rollout worker (tests build the same one)."""
+    from tiny_r1v.rollout.engine import build_llm
+
+    return build_llm(engine_model(cfg), cfg.rollout, cfg.data.max_prompt_length, cfg.rollout.seed)
+
+
 class RolloutWorker:
-    """One vLLM engine (see :class:`~tiny_r1v.rollout.engine.RolloutEngine`)."""
+    """One vLLM engine (see :class:`~tiny_r1v.rollout.engine.RolloutEngine`) on the configured
+    model; the driver loads the learners' weights into it (its version starts at 0)."""
 
-    def __init__(self, cfg: TrainConfig, model_path: str, weight_version: int) -> None:
-        from tiny_r1v.rollout.engine import RolloutEngine, build_llm
+    def __init__(self, cfg: TrainConfig) -> None:
+        from tiny_r1v.rollout.engine import RolloutEngine
 
+        quiet_actor(log_dir(cfg), "rollout", cfg.trainer.verbose)
         _use_all_cores(resolve_device(cfg.trainer.device))
-        engine_cfg = replace(cfg, model=replace(cfg.model, path=model_path))
-        self.engine = RolloutEngine(build_llm(engine_cfg), cfg)
-        self.engine.weight_version = weight_version
+        self.engine = RolloutEngine(build_rollout_llm(cfg), rollout_sampling(cfg))
 
-    def generate(self, prompts: Sequence[Prompt], seed: int, greedy: bool = False) -> list[Completion]:
-        return self.engine.generate(prompts, seed=seed, greedy=greedy)
+    def generate(self, prompts: Sequence[Prompt], seed: int, first_slot: int, greedy: bool = False) -> list[Completion]:
+        return self.engine.generate(prompts, seed=seed, first_slot=first_slot, greedy=greedy)
 
     def load_weights(self, weights: PackedWeights, version: int) -> dict[str, float]:
         """Load new weights; returns the seconds it took and the bytes received."""
@@ -62,17 +85,14 @@ class RolloutWorker:
 class LearnerWorker(Learner):
     """A learner rank as an actor (all methods but the constructor are collective)."""
 
-    def __init__(self, cfg: TrainConfig, *args, **kwargs) -> None:
+    def __init__(self, cfg: TrainConfig, rank: int, *args, **kwargs) -> None:
+        quiet_actor(log_dir(cfg), f"learner-{rank}", cfg.trainer.verbose)
         _use_all_cores(resolve_device(cfg.trainer.device))
-        super().__init__(cfg, *args, **kwargs)
+        super().__init__(cfg, rank, *args, **kwargs)
 
     def packed_weights(self) -> PackedWeights:
         """The full weights for the rollout workers (on rank 0; empty elsewhere)."""
         return PackedWeights.pack(self.full_state_dict())
-
-
-class RewardScorer(GroupScorer):
-    """The reward/length-scoring actor (its scoring processes are its own children)."""
 
 
 def _free_port() -> tuple[str, int]:
@@ -84,7 +104,7 @@ def _free_port() -> tuple[str, int]:
 class ActorGraph:
     """Creates the actors of one run and holds their handles."""
 
-    def __init__(self, cfg: TrainConfig, model_path: str, weight_version: int, checkpoint: str | None) -> None:
+    def __init__(self, cfg: TrainConfig, checkpoint: str | None) -> None:
         device = resolve_device(cfg.trainer.device)
         gpu = device.type == "cuda"
         learners, rollouts = cfg.learner.num_workers, cfg.rollout.num_workers
@@ -108,8 +128,9 @@ class ActorGraph:
             num_gpus=float(cfg.rollout.tensor_parallel_size) if gpu else 0,
             max_restarts=ROLLOUT_RESTARTS,
         )
-        self.rollouts = [rollout_cls.remote(cfg, model_path, weight_version) for _ in range(rollouts)]
-        self.scorer = ray.remote(RewardScorer).options(num_cpus=cpu_share).remote(cfg)
+        self.rollouts = [rollout_cls.remote(cfg) for _ in range(rollouts)]
+        # The reward/length-scoring actor; its scoring processes are its own children.
+        self.scorer = ray.remote(GroupScorer).options(num_cpus=cpu_share).remote(cfg)
 
     def shutdown(self) -> None:
         """Stop every actor and free the learners' placement group."""

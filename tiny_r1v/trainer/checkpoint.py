@@ -20,6 +20,8 @@ from tiny_r1v.config.train import TrainConfig
 
 _NAME = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+"""The run's metrics, one JSON row per training step or validation, in the run directory."""
 
 
 @dataclass(frozen=True)
@@ -64,22 +66,48 @@ def check_resumable(path: Path, state: TrainerState, order: dict[str, int | bool
         )
 
 
-def check_fresh(run_dir: Path) -> None:
-    """Raise if ``run_dir`` holds checkpoints (complete or not) of an earlier run: a new run there
-    would mix its steps with them, and keeping the last K would delete the newer ones."""
+def _earlier_outputs(run_dir: Path) -> list[str]:
+    """What an earlier run left in ``run_dir`` that a new run would write over: checkpoints
+    (complete or not) and the metrics file."""
     root = checkpoint_root(run_dir)
-    found = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-    if found:
-        raise ExistingRunError(
-            f"{root} holds checkpoints of an earlier run ({', '.join(found[-3:])}): pass "
-            "--resume to continue it, or choose another trainer.experiment_name or "
-            "trainer.output_dir, or remove the directory"
+    found = [str(root / name) for name in sorted(p.name for p in root.iterdir())[-3:]] if root.is_dir() else []
+    metrics = run_dir / METRICS_FILE
+    return found + ([str(metrics)] if metrics.is_file() else [])
+
+
+def start_point(run_dir: Path, resume: bool, order: dict[str, int | bool]) -> tuple[Path, TrainerState] | None:
+    """Where a run starts: None for step 0, else the checkpoint it resumes from and its state.
+
+    A new run refuses a directory holding an earlier run's checkpoints or metrics (it would mix
+    its steps with them, and keeping the last K would delete the newer ones). ``resume`` continues
+    from the newest complete checkpoint saved under the same ``order``; with none it starts at
+    step 0 only where nothing of an earlier run would be written over. Runs before any actor
+    starts, so a refusal costs no start-up.
+    """
+    if resume and (found := latest(run_dir)) is not None:
+        check_resumable(found[0], found[1], order)
+        return found
+    if earlier := _earlier_outputs(run_dir):
+        advice = (
+            "nothing complete to resume from, and starting at step 0 would write over it"
+            if resume
+            else "pass --resume to continue it"
         )
+        raise ExistingRunError(
+            f"{run_dir} holds an earlier run ({', '.join(earlier)}): {advice}; or choose another "
+            "trainer.experiment_name or trainer.output_dir, or remove the directory"
+        )
+    return None
 
 
 def run_dir(cfg: TrainConfig) -> Path:
     """Where a run writes its config, metrics and checkpoints."""
     return Path(cfg.trainer.output_dir) / cfg.trainer.experiment_name
+
+
+def log_dir(cfg: TrainConfig) -> Path:
+    """Where the run's processes write their log files (see `tiny_r1v.console`)."""
+    return run_dir(cfg) / "logs"
 
 
 def checkpoint_root(run_dir: Path) -> Path:

@@ -22,14 +22,16 @@ from transformers import AutoProcessor
 
 from tiny_r1v.config import to_dict
 from tiny_r1v.config.train import TrainConfig
-from tiny_r1v.data import Example, build_messages
+from tiny_r1v.data import Example, render_prompt
 from tiny_r1v.learner.worker import shard_for_rank
 from tiny_r1v.protocol import Completion, Prompt, TrainSample
+from tiny_r1v.rewards.completions import Reference
+from tiny_r1v.timing import timed
 from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.actors import ActorGraph
 from tiny_r1v.trainer.metrics import MetricsLogger
 from tiny_r1v.trainer.sampler import step_indices
-from tiny_r1v.trainer.scoring import Reference
+from tiny_r1v.trainer.weights import WeightSync
 
 logger = logging.getLogger(__name__)
 
@@ -37,47 +39,50 @@ logger = logging.getLogger(__name__)
 _RETRY_PAUSE_S = 2.0
 _MAX_ROLLOUT_RETRIES = 60
 
-StepHook = Callable[["Trainer", int, dict[str, float]], None]
+StepHook = Callable[["Driver", int, dict[str, float]], None]
 
 
-def _chunks(items: Sequence, parts: int) -> list[Sequence]:
+def _split_into(items: Sequence, parts: int) -> list[Sequence]:
+    """``items`` in at most ``parts`` contiguous pieces of equal size (the last may be shorter)."""
     size = -(-len(items) // parts)
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-class Trainer:
-    """Runs LIPO/GRPO training steps on an actor graph (Ray must be initialised)."""
+class Driver:
+    """Runs LIPO/GRPO training steps on an actor graph (Ray must be initialised).
+
+    Args:
+        start: the checkpoint to resume from and its state (`checkpoint.start_point`, which the
+            launcher calls before Ray starts); None starts at step 0.
+    """
 
     def __init__(
-        self, cfg: TrainConfig, examples: Sequence[Example], resume: bool = False, val_examples: Sequence[Example] = ()
+        self,
+        cfg: TrainConfig,
+        examples: Sequence[Example],
+        val_examples: Sequence[Example] = (),
+        start: tuple[Path, checkpoint.TrainerState] | None = None,
     ) -> None:
         self.cfg = cfg
         self.examples = examples
         self.val_examples = val_examples
         self.run_dir = checkpoint.run_dir(cfg)
         self.processor = AutoProcessor.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-        found = checkpoint.latest(self.run_dir) if resume else None
-        if found is None:
-            checkpoint.check_fresh(self.run_dir)
-            self.step, self.weight_version, start = 0, 0, None
-        else:
-            start, state = found
-            checkpoint.check_resumable(start, state, checkpoint.order_of(cfg, len(examples)))
-            self.step, self.weight_version = state.step, state.weight_version
-            logger.info("resuming from %s (step %d)", start, self.step)
+        self.step, version = (0, 0) if start is None else (start[1].step, start[1].weight_version)
+        if start is not None:
+            logger.info("resuming from %s (step %d)", start[0], self.step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         # Rollout workers always start from the configured model (version 0), also when resuming:
-        # Ray rebuilds a restarted worker from these arguments, and a checkpoint directory may be
-        # pruned by then. A worker on an older version is brought up to date from the learners.
-        self.graph = ActorGraph(cfg, cfg.model.path, 0, None if start is None else str(start))
-        self.weights_ref: ray.ObjectRef | None = None
-        """The learners' weights of `weight_version` in the object store, once gathered."""
+        # Ray rebuilds a restarted worker from its constructor arguments, and a checkpoint
+        # directory may be pruned by then. A worker on an older version is brought up to date.
+        self.graph = ActorGraph(cfg, None if start is None else str(start[0]))
+        self.weights = WeightSync(self.graph.learners, self.graph.rollouts, version)
         self.metrics = MetricsLogger(
             self.run_dir, cfg.trainer.loggers, cfg.trainer.experiment_name, cfg.trainer.total_steps, self.step
         )
         if start is not None:
-            self._load_rollouts()
+            self.weights.load_all()
 
     # ------------------------------------------------------------------ phases
 
@@ -92,20 +97,18 @@ class Trainer:
         prompts, references = [], {}
         for key, example in keyed:
             uid = f"{key}:{example.uid}"
-            text = self.processor.apply_chat_template(
-                build_messages(example, self.cfg.data.prompt_format), add_generation_prompt=True, tokenize=False
-            )
-            prompts.append(Prompt(uid=uid, text=text, images=tuple(example.load_images())))
+            prompts.append(render_prompt(self.processor, example, self.cfg.data.prompt_format, uid))
             references[uid] = Reference(task=example.task, answer=example.answer)
         return prompts, references
 
     def _rollout(self, prompts: list[Prompt], step: int, greedy: bool = False) -> tuple[list[Completion], int]:
         """Completions of every prompt, each from the current weights; returns the restarts needed."""
-        chunks = _chunks(prompts, len(self.graph.rollouts))
-        # Prompt j of the step samples with seed + step * batch + j, however the batch is split.
-        seeds = [self.cfg.rollout.seed + step * len(prompts) + i * len(chunks[0]) for i in range(len(chunks))]
+        chunks = _split_into(prompts, len(self.graph.rollouts))
+        # Prompt j of the step is sampling slot step * batch + j, however the batch is split.
+        slots = [step * len(prompts) + i * len(chunks[0]) for i in range(len(chunks))]
+        seed = self.cfg.rollout.seed
         workers = self.graph.rollouts
-        pending = {i: workers[i].generate.remote(chunks[i], seeds[i], greedy) for i in range(len(chunks))}
+        pending = {i: workers[i].generate.remote(chunks[i], seed, slots[i], greedy) for i in range(len(chunks))}
         results: dict[int, list[Completion]] = {}
         restarts = 0
         while pending:
@@ -113,22 +116,22 @@ class Trainer:
             worker = self.graph.rollouts[index]
             try:
                 completions = ray.get(ref)
-                if all(c.weight_version == self.weight_version for c in completions):
+                if all(c.weight_version == self.weights.version for c in completions):
                     results[index] = completions
                     continue
                 # Restarted since the last sync, so it holds the start weights: update it.
-                ray.get(worker.load_weights.remote(self._weights(), self.weight_version))
+                self.weights.catch_up(worker)
             except (RayActorError, ActorUnavailableError) as err:
                 logger.warning("rollout worker %d failed (%s); retrying once Ray has restarted it", index, err)
                 time.sleep(_RETRY_PAUSE_S)
             restarts += 1
             if restarts > _MAX_ROLLOUT_RETRIES:
                 raise RuntimeError(f"rollout workers failed {restarts} times in step {step}; giving up")
-            pending[index] = worker.generate.remote(chunks[index], seeds[index], greedy)
+            pending[index] = worker.generate.remote(chunks[index], seed, slots[index], greedy)
         return [c for i in range(len(chunks)) for c in results[i]], restarts
 
     def _train(self, samples: list[TrainSample]) -> dict[str, float]:
-        mini = self.cfg.learner.global_batch_size * self.cfg.rollout.n
+        mini = self.cfg.samples_per_update()
         ranks = len(self.graph.learners)
         results = ray.get(
             [
@@ -136,46 +139,21 @@ class Trainer:
                 for rank, learner in enumerate(self.graph.learners)
             ]
         )
-        # Loss terms are per-rank averages; the gradient norm is already global.
-        return {key: float(np.mean([r[key] for r in results])) for key in results[0]}
-
-    def _weights(self) -> ray.ObjectRef:
-        """The learners' current weights in the object store, gathered once per version."""
-        if self.weights_ref is None:
-            refs = [learner.packed_weights.remote() for learner in self.graph.learners]
-            ray.get(refs[1:])  # every rank takes part in the gather; rank 0's result holds the weights
-            self.weights_ref = refs[0]
-        return self.weights_ref
-
-    def _sync(self) -> dict[str, float]:
-        """Full weights from the learners to every rollout worker through the object store."""
-        self.weight_version += 1
-        self.weights_ref = None
-        return self._load_rollouts()
-
-    def _load_rollouts(self) -> dict[str, float]:
-        """Load the current weights into every rollout worker. One that fails meanwhile is left
-        to Ray to restart: the next rollout finds it on an old version and loads it then."""
-        weights = self._weights()
-        calls = [worker.load_weights.remote(weights, self.weight_version) for worker in self.graph.rollouts]
-        loads = []
-        for index, call in enumerate(calls):
-            try:
-                loads.append(ray.get(call))
-            except (RayActorError, ActorUnavailableError) as err:
-                logger.warning("rollout worker %d failed while loading weights (%s)", index, err)
+        # Loss terms are per-rank averages (their mean is the global one); the gradient norm is
+        # already global; a maximum is the largest of the ranks'.
         return {
-            "sync/bytes": max((load["bytes"] for load in loads), default=0),
-            "sync/load_seconds": max((load["seconds"] for load in loads), default=0.0),
+            key: float((np.max if key.endswith("_max") else np.mean)([r[key] for r in results])) for key in results[0]
         }
 
-    def validate(self) -> dict[str, float]:
+    def run_validation(self) -> dict[str, float]:
         """Greedy completions of the validation set from the current weights, scored (`val/*`)."""
-        start = time.perf_counter()
-        prompts, references = self._prompts_of([(f"val:{i}", example) for i, example in enumerate(self.val_examples)])
-        completions, _ = self._rollout(prompts, self.step, greedy=True)
-        metrics = ray.get(self.graph.scorer.validate.remote(completions, references))
-        return {**metrics, "time/validation": time.perf_counter() - start}
+        timings: dict[str, float] = {}
+        with timed(timings, "time/validation"):
+            keyed = [(f"val:{i}", example) for i, example in enumerate(self.val_examples)]
+            prompts, references = self._prompts_of(keyed)
+            completions, _ = self._rollout(prompts, self.step, greedy=True)
+            metrics = ray.get(self.graph.scorer.validation_metrics.remote(completions, references))
+        return {**metrics, **timings}
 
     # ------------------------------------------------------------------ loop
 
@@ -183,50 +161,41 @@ class Trainer:
         """One iteration; returns its metrics (also logged), its validation's too when one ran."""
         step = self.step
         timings: dict[str, float] = {}
-        begin = time.perf_counter()
-
-        prompts, references = self._prompts(step)
-        start = time.perf_counter()
-        completions, restarts = self._rollout(prompts, step)
-        timings["time/rollout"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        scored = ray.get(self.graph.scorer.score.remote(completions, references))
-        timings["time/reward"] = time.perf_counter() - start
-
-        by_uid = {p.uid: p for p in prompts}
-        samples = [
-            TrainSample(prompt=by_uid[c.uid], response_ids=c.token_ids, advantage=a)
-            for c, a in zip(completions, scored.advantages, strict=True)
-        ]
-        start = time.perf_counter()
-        learner_metrics = self._train(samples)
-        timings["time/learner"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        sync = self._sync()
-        timings["time/sync"] = sync["sync/seconds"] = time.perf_counter() - start
-
-        self.step += 1
-        timings["time/step"] = time.perf_counter() - begin
+        with timed(timings, "time/step"):
+            prompts, references = self._prompts(step)
+            with timed(timings, "time/rollout"):
+                completions, restarts = self._rollout(prompts, step)
+            with timed(timings, "time/reward"):
+                scored = ray.get(self.graph.scorer.score.remote(completions, references))
+            by_uid = {p.uid: p for p in prompts}
+            samples = [
+                TrainSample(prompt=by_uid[c.uid], response_ids=c.token_ids, advantage=a, rollout_logprobs=c.logprobs)
+                for c, a in zip(completions, scored.advantages, strict=True)
+            ]
+            with timed(timings, "time/learner"):
+                learner_metrics = self._train(samples)
+            with timed(timings, "time/sync"):
+                sync = self.weights.advance()
+            sync["sync/seconds"] = timings["time/sync"]
+            self.step += 1
         tokens = sum(len(c.token_ids) for c in completions)
         metrics = {
             **scored.metrics,
-            **{f"actor/{k}" if not k.startswith("time/") else k: v for k, v in learner_metrics.items()},
+            **{f"actor/{k}" if not k.startswith(("time/", "rollout/")) else k: v for k, v in learner_metrics.items()},
             **sync,
             **timings,
             "perf/response_tokens": float(tokens),
             "perf/tokens_per_s": tokens / timings["time/step"],
             "perf/rollout_tokens_per_s": tokens / timings["time/rollout"],
             "rollout/restarts": float(restarts),
-            "rollout/weight_version": float(self.weight_version),
+            "rollout/weight_version": float(self.weights.version),
         }
         self.metrics.log(self.step, metrics)
         if self._due(self.cfg.trainer.save_freq):
             self.save()
         # After the checkpoint, so that a failing validation loses no step; a row of its own.
         if self._due(self.cfg.trainer.val_freq) and self.val_examples:
-            validation = self.validate()
+            validation = self.run_validation()
             self.metrics.log(self.step, validation, advance=False)
             metrics.update(validation)
         return metrics
@@ -249,7 +218,7 @@ class Trainer:
         ray.get([learner.save.remote(str(staging)) for learner in self.graph.learners])
         state = checkpoint.TrainerState(
             step=self.step,
-            weight_version=self.weight_version,
+            weight_version=self.weights.version,
             order=checkpoint.order_of(self.cfg, len(self.examples)),
         )
         return checkpoint.publish(staging, state, self.cfg.trainer.save_limit)
@@ -258,7 +227,7 @@ class Trainer:
         """Train until ``trainer.total_steps``; ``on_step_end(trainer, step, metrics)`` after each step."""
         try:
             if self.val_examples and self._validation_missing():
-                self.metrics.log(self.step, self.validate(), advance=False)
+                self.metrics.log(self.step, self.run_validation(), advance=False)
             while self.step < self.cfg.trainer.total_steps:
                 metrics = self.train_step()
                 if on_step_end is not None:

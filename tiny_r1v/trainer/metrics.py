@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import ray
 from ray.util.metrics import Gauge
 from tqdm import tqdm
+
+from tiny_r1v.trainer.checkpoint import METRICS_FILE, ExistingRunError
 
 # Shown on the progress bar; everything goes to the files and the dashboard.
 _HEADLINE = {
@@ -62,10 +65,14 @@ class MetricsLogger:
         self.jsonl = None
         self.validated: set[int] = set()
         if "jsonl" in loggers:
-            path = run_dir / "metrics.jsonl"
-            if path.exists():  # a new run (start_step 0) keeps nothing, not even an old step-0 validation
-                kept = [row for row in read_metrics(path) if start_step > 0 and row["step"] <= start_step]
-                path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            path = run_dir / METRICS_FILE
+            if path.exists():
+                if start_step == 0:
+                    raise ExistingRunError(f"{path}: an earlier run's metrics; a new run does not write over them")
+                kept = [row for row in read_metrics(path) if row["step"] <= start_step]
+                tmp = path.with_name(f"{path.name}.tmp")
+                tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+                os.replace(tmp, path)
                 self.validated = {row["step"] for row in kept if "val/samples" in row}
             self.jsonl = path.open("a")
         self.tensorboard = None

@@ -16,23 +16,17 @@ from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
 from tiny_r1v.algorithms import lipo_advantage
 from tiny_r1v.config.train import TrainConfig
+from tiny_r1v.console import quiet_actor
 from tiny_r1v.protocol import Completion
-from tiny_r1v.rewards import Score, ScoreRequest, ScorerPool
-
-
-@dataclass(frozen=True)
-class Reference:
-    """What a prompt's completions are scored against."""
-
-    task: str
-    answer: str
+from tiny_r1v.rewards import Score, ScorerPool
+from tiny_r1v.rewards.completions import Reference, decode, score_texts
+from tiny_r1v.trainer.checkpoint import log_dir
 
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """Per-completion results in the completions' order, and the batch's metrics."""
+    """Per-completion advantages in the completions' order, and the batch's metrics."""
 
-    rewards: list[float]
     advantages: list[float]
     metrics: dict[str, float]
 
@@ -52,6 +46,7 @@ class GroupScorer:
     """Scores completions and turns each prompt group's rewards into advantages."""
 
     def __init__(self, cfg: TrainConfig) -> None:
+        quiet_actor(log_dir(cfg), "scorer", cfg.trainer.verbose)
         self.cfg = cfg
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         self.pool = ScorerPool(cfg.reward.num_workers, cfg.reward.timeout_s)
@@ -60,18 +55,13 @@ class GroupScorer:
         self, completions: Sequence[Completion], references: Mapping[str, Reference]
     ) -> tuple[list[Score], torch.Tensor, dict[str, float]]:
         """Rule-based scores (SPEC §1), response lengths and their metrics."""
-        texts = self.tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
-        requests = [
-            ScoreRequest(
-                task=references[c.uid].task,
-                response=text,
-                ground_truth=references[c.uid].answer,
-                prompt_format=self.cfg.data.prompt_format,
-                format_weight=self.cfg.reward.format_weight,
-            )
-            for c, text in zip(completions, texts, strict=True)
-        ]
-        scores = self.pool.score_batch(requests)
+        scores = score_texts(
+            self.pool,
+            decode(self.tokenizer, completions),
+            [references[c.uid] for c in completions],
+            self.cfg.data.prompt_format,
+            self.cfg.reward.format_weight,
+        )
         stats = self.pool.reset_stats()
         lengths = torch.tensor([len(c.token_ids) for c in completions])
         metrics = {
@@ -100,7 +90,7 @@ class GroupScorer:
                 "adv/zero_frac": (advantages == 0).float().mean().item(),
             }
         )
-        return ScoredBatch(rewards=rewards.tolist(), advantages=advantages.tolist(), metrics=metrics)
+        return ScoredBatch(advantages=advantages.tolist(), metrics=metrics)
 
     def _advantages(
         self,
@@ -120,7 +110,7 @@ class GroupScorer:
                 {
                     "lipo/bonus_mean": bonus.mean().item(),
                     "lipo/boosted_frac": (bonus > 0).float().mean().item(),
-                    "lipo/penalised_frac": (bonus < 0).float().mean().item(),
+                    "lipo/penalized_frac": (bonus < 0).float().mean().item(),
                     "lipo/l_opt_mean": out.l_opt.mean().item(),
                     "lipo/weight_mean": out.weights.mean().item(),
                 }
@@ -135,7 +125,9 @@ class GroupScorer:
         )
         return advantages[:, 0]
 
-    def validate(self, completions: Sequence[Completion], references: Mapping[str, Reference]) -> dict[str, float]:
+    def validation_metrics(
+        self, completions: Sequence[Completion], references: Mapping[str, Reference]
+    ) -> dict[str, float]:
         """Metrics of validation completions: `score`'s reward and length metrics, under `val/`."""
         metrics = self._rule_scores(completions, references)[2]
         return {"val/samples": float(len(completions)), **{f"val/{k}": v for k, v in metrics.items()}}

@@ -1,4 +1,7 @@
-"""Weights in transit from the learners to the rollout workers: one uint8 array per tensor.
+"""Weights in transit from the learners to the rollout workers: how they are packed, gathered
+once per version and loaded into every rollout worker (the one place weight transport lives).
+
+Packing: one uint8 array per tensor.
 
 Ray's object store serialises numpy arrays out of band: `ray.put` (or an actor method's return)
 copies each array's bytes once into shared memory, and every reader gets a view of them, while a
@@ -9,12 +12,18 @@ tensors as views of the shared memory; vLLM's reload then copies them into its o
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import ray
 import torch
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,3 +58,52 @@ class PackedWeights:
                 else:
                     out[name] = torch.from_numpy(array).view(dtype).view(shape)
         return out
+
+
+class WeightSync:
+    """The driver's side of weight transport: the learners' weights of the current version,
+    gathered at most once, and loaded into rollout workers.
+
+    Args:
+        learners: the learner actors (``packed_weights`` is collective; rank 0 returns them).
+        rollouts: the rollout worker actors (``load_weights(weights, version)``).
+        version: the version the learners hold (0: the start weights, +1 per sync).
+    """
+
+    def __init__(self, learners: Sequence[Any], rollouts: Sequence[Any], version: int = 0) -> None:
+        self.learners, self.rollouts, self.version = learners, rollouts, version
+        self._ref: ray.ObjectRef | None = None
+
+    def current(self) -> ray.ObjectRef:
+        """The learners' weights of `version` in the object store, gathered once per version."""
+        if self._ref is None:
+            refs = [learner.packed_weights.remote() for learner in self.learners]
+            ray.get(refs[1:])  # every rank takes part in the gather; rank 0's result holds the weights
+            self._ref = refs[0]
+        return self._ref
+
+    def advance(self) -> dict[str, float]:
+        """The learners stepped: load their new version into every rollout worker."""
+        self.version += 1
+        self._ref = None
+        return self.load_all()
+
+    def load_all(self) -> dict[str, float]:
+        """Load the current weights into every rollout worker. One that fails meanwhile is left to
+        Ray to restart: `catch_up` brings it up to date when it next answers on an old version."""
+        weights = self.current()
+        calls = [worker.load_weights.remote(weights, self.version) for worker in self.rollouts]
+        loads = []
+        for index, call in enumerate(calls):
+            try:
+                loads.append(ray.get(call))
+            except (RayActorError, ActorUnavailableError) as err:
+                logger.warning("rollout worker %d failed while loading weights (%s)", index, err)
+        return {
+            "sync/bytes": max((load["bytes"] for load in loads), default=0),
+            "sync/load_seconds": max((load["seconds"] for load in loads), default=0.0),
+        }
+
+    def catch_up(self, worker: Any) -> None:
+        """Load the current weights into one worker (restarted by Ray on the start weights)."""
+        ray.get(worker.load_weights.remote(self.current(), self.version))
