@@ -48,3 +48,15 @@ def group_mean_std(
     mean = group_sum(weights * values, group, num_groups) / weight_sum
     variance = group_sum(weights * (values - mean[group]).square(), group, num_groups) / weight_sum
     return mean, variance.sqrt()
+
+
+def zero_for_equal_groups(
+    advantages: torch.Tensor, values: torch.Tensor, group: torch.Tensor, num_groups: int
+) -> torch.Tensor:
+    """0 for every response of a group whose ``values`` are all equal (a group of one included).
+
+    A group normalisation of equal values is 0 in exact arithmetic; rounding leaves noise there
+    (~1e-10 in float64, up to ~0.06 for verl's GRPO in float32). SPEC §2: all-equal groups give 0.
+    """
+    spread = group_max(values, group, num_groups) - group_min(values, group, num_groups)
+    return torch.where(spread[group] > 0, advantages, torch.zeros_like(advantages))

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from verl.utils import as_torch_index
 
-from tiny_r1v.algorithms.groups import count_groups, group_max, group_mean_std, group_min, group_sum
+from tiny_r1v.algorithms.groups import count_groups, group_mean_std, group_sum, zero_for_equal_groups
 
 LOptOver = Literal["all", "correct"]
 
@@ -135,17 +135,6 @@ def weighted_group_normalise(
     """
     mean, std = group_mean_std(values, group, num_groups, weights)
     return (values - mean[group]) / (std[group] + epsilon)
-
-
-def zero_for_equal_groups(
-    advantages: torch.Tensor, values: torch.Tensor, group: torch.Tensor, num_groups: int
-) -> torch.Tensor:
-    """0 for every response of a group whose ``values`` are all equal (SPEC §2: "all-equal groups give 0").
-
-    Rounding leaves ~1e-10 noise in such groups; this makes it exactly 0.
-    """
-    spread = group_max(values, group, num_groups) - group_min(values, group, num_groups)
-    return torch.where(spread[group] > 0, advantages, torch.zeros_like(advantages))
 
 
 def scale_by_weights(
