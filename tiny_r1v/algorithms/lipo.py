@@ -1,24 +1,22 @@
-"""LIPO: length-informed relative policy optimisation (SPEC.md §2), as pure tensor maths.
+"""LIPO: length-informed relative policy optimisation (SPEC.md §2; Tiny-R1V, arXiv 2510.08987).
 
-One call handles a whole batch of many prompt groups, ragged sizes allowed: responses are tied to
-their prompt by a group index, as verl's ``index``/``uid``. The maths is in float64 (rewards are
-few, and float64 makes the "all-equal group gives exactly 0" rule exact); outputs come back in
-the rewards' dtype.
-
-Importing this module registers the estimator in verl's advantage registry as ``lipo``, so verl's
-own trainer and ours select ``grpo`` or ``lipo`` by name.
+Pure tensor maths. One call handles a whole batch of many prompt groups, ragged sizes allowed:
+responses are tied to their prompt by a group index, as verl's ``index``/``uid``. The maths is in
+float64 (rewards are few, and float64 makes the "all-equal group gives exactly 0" rule exact);
+outputs come back in the rewards' dtype. verl's registration of ``lipo`` lives in
+:mod:`tiny_r1v.algorithms.verl_lipo`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from verl.trainer.ppo.core_algos import register_adv_est
 from verl.utils import as_torch_index
+
+from tiny_r1v.algorithms.groups import count_groups, group_mean_std, group_sum, zero_for_equal_groups
 
 LOptOver = Literal["all", "correct"]
 
@@ -51,10 +49,6 @@ def _sort_within_groups(group: torch.Tensor, *keys: torch.Tensor) -> torch.Tenso
     for key in (*reversed(keys), group):
         order = order[torch.argsort(key[order], stable=True)]
     return order
-
-
-def _group_sum(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
-    return torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, group, values)
 
 
 def adjust_rewards(
@@ -108,15 +102,56 @@ def optimal_lengths(lengths: torch.Tensor, group: torch.Tensor, include: torch.T
     Returns:
         ``(num_groups,)`` float64.
     """
-    has_any = _group_sum(include.to(torch.long), group, num_groups) > 0
+    has_any = group_sum(include.to(torch.long), group, num_groups) > 0
     include = include | ~has_any[group]
     order = _sort_within_groups(group, ~include, lengths)
-    count = _group_sum(include.to(torch.long), group, num_groups)
+    count = group_sum(include.to(torch.long), group, num_groups)
     start = torch.cumsum(torch.bincount(group, minlength=num_groups), 0) - torch.bincount(group, minlength=num_groups)
     sorted_lengths = lengths[order]
     shortest = sorted_lengths[start]
     median = 0.5 * (sorted_lengths[start + (count - 1) // 2] + sorted_lengths[start + count // 2])
     return torch.maximum(2.0 * shortest, median).clamp(min=1.0)
+
+
+def length_weights(
+    lengths: torch.Tensor, group: torch.Tensor, include: torch.Tensor, num_groups: int, kappa: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each response's ``L_opt`` and weight ``w_i = exp(-|L_i - L_opt| / (kappa * L_opt))`` (SPEC §2 step 3).
+
+    Returns:
+        ``(l_opt, weights)``, both ``(B,)`` float64.
+    """
+    l_opt = optimal_lengths(lengths, group, include, num_groups)[group]
+    return l_opt, torch.exp(-(lengths - l_opt).abs() / (kappa * l_opt))
+
+
+def weighted_group_normalise(
+    values: torch.Tensor, weights: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float
+) -> torch.Tensor:
+    """``A_i = (r'_i - mu) / (sigma + epsilon)`` with the weighted group statistics of SPEC §2 step 3.
+
+    Returns:
+        ``(B,)`` in the values' dtype.
+    """
+    mean, std = group_mean_std(values, group, num_groups, weights)
+    return (values - mean[group]) / (std[group] + epsilon)
+
+
+def scale_by_weights(
+    advantages: torch.Tensor, weights: torch.Tensor, group: torch.Tensor, num_groups: int
+) -> torch.Tensor:
+    """``A_i * G * w_i / sum_j w_j`` (SPEC §2 switch ``lipo.scale_by_weight``)."""
+    group_size = torch.bincount(group, minlength=num_groups).to(advantages.dtype)
+    return advantages * group_size[group] * weights / group_sum(weights, group, num_groups)[group]
+
+
+def _check_inputs(rewards: torch.Tensor, lengths: torch.Tensor, l_max: float, kappa: float, l_opt_over: str) -> None:
+    if rewards.ndim != 1 or rewards.shape != lengths.shape:
+        raise ValueError(f"rewards and lengths must be 1-D of one shape, got {rewards.shape} and {lengths.shape}")
+    if l_max <= 0 or kappa <= 0:
+        raise ValueError(f"l_max and kappa must be > 0, got l_max={l_max}, kappa={kappa}")
+    if l_opt_over not in ("all", "correct"):
+        raise ValueError(f"l_opt_over must be 'all' or 'correct', got {l_opt_over!r}")
 
 
 def lipo_advantage(
@@ -136,7 +171,7 @@ def lipo_advantage(
     correct: torch.Tensor | None = None,
     epsilon: float = 1e-6,
 ) -> LipoOutput:
-    """LIPO advantages for a batch of groups (SPEC §2 steps 1–3).
+    """LIPO advantages for a batch of groups (SPEC §2 steps 1–3; Tiny-R1V, arXiv 2510.08987).
 
     Args:
         rewards: ``(B,)`` scalar reward per response.
@@ -150,17 +185,12 @@ def lipo_advantage(
     Returns:
         A :class:`LipoOutput` of ``(B,)`` tensors in the rewards' dtype.
     """
-    if rewards.ndim != 1 or rewards.shape != lengths.shape:
-        raise ValueError(f"rewards and lengths must be 1-D of one shape, got {rewards.shape} and {lengths.shape}")
-    if l_max <= 0 or kappa <= 0:
-        raise ValueError(f"l_max and kappa must be > 0, got l_max={l_max}, kappa={kappa}")
-    if l_opt_over not in ("all", "correct"):
-        raise ValueError(f"l_opt_over must be 'all' or 'correct', got {l_opt_over!r}")
+    _check_inputs(rewards, lengths, l_max, kappa, l_opt_over)
     device = rewards.device
     group = as_torch_index(index, device=device)
     if group.numel() != rewards.numel():
         raise ValueError(f"index has {group.numel()} entries for {rewards.numel()} rewards")
-    num_groups = int(group.max()) + 1 if group.numel() else 0
+    num_groups = count_groups(group)
     r = rewards.to(torch.float64)
     length = lengths.to(device=device, dtype=torch.float64)
 
@@ -175,28 +205,15 @@ def lipo_advantage(
         l_max=l_max,
         penalize_worse_shorter=penalize_worse_shorter,
     )
-
     if l_opt_over == "all":
         include = torch.ones_like(group, dtype=torch.bool)
     else:
         include = (r >= q_min) if correct is None else correct.to(device=device, dtype=torch.bool)
-    l_opt = optimal_lengths(length, group, include, num_groups)[group]
-    weights = torch.exp(-(length - l_opt).abs() / (kappa * l_opt))
-
-    weight_sum = _group_sum(weights, group, num_groups)
-    mean = _group_sum(weights * adjusted, group, num_groups) / weight_sum
-    centred = adjusted - mean[group]
-    std = (_group_sum(weights * centred.square(), group, num_groups) / weight_sum).sqrt()
-    advantages = centred / (std[group] + epsilon)
-    # Rounding leaves ~1e-10 noise in groups whose adjusted rewards are all equal; SPEC says 0.
-    empty = torch.zeros(num_groups, dtype=r.dtype, device=device)
-    spread = empty.scatter_reduce(0, group, adjusted, "amax", include_self=False) - empty.scatter_reduce(
-        0, group, adjusted, "amin", include_self=False
-    )
-    advantages = torch.where(spread[group] > 0, advantages, torch.zeros_like(advantages))
+    l_opt, weights = length_weights(length, group, include, num_groups, kappa)
+    advantages = weighted_group_normalise(adjusted, weights, group, num_groups, epsilon)
+    advantages = zero_for_equal_groups(advantages, adjusted, group, num_groups)
     if scale_by_weight:
-        group_size = torch.bincount(group, minlength=num_groups).to(r.dtype)
-        advantages = advantages * group_size[group] * weights / weight_sum[group]
+        advantages = scale_by_weights(advantages, weights, group, num_groups)
 
     dtype = rewards.dtype
     return LipoOutput(
@@ -205,51 +222,3 @@ def lipo_advantage(
         weights=weights.to(dtype),
         l_opt=l_opt.to(dtype),
     )
-
-
-def _lipo_settings(config: Any) -> dict[str, Any]:
-    """The ``lipo`` section of an algorithm config (our dataclass, verl's AlgoConfig or a dict)."""
-    if config is None:
-        return {}
-    section = config.get("lipo") if isinstance(config, Mapping) or hasattr(config, "get") else None
-    if section is None:
-        section = getattr(config, "lipo", None)
-    if section is None:
-        return {}
-    if not isinstance(section, Mapping):
-        section = {name: getattr(section, name) for name in section.__dataclass_fields__}
-    return {key: value for key, value in section.items() if value is not None}
-
-
-@register_adv_est("lipo")
-def compute_lipo_outcome_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any,
-    epsilon: float = 1e-6,
-    config: Any = None,
-    **_: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """verl's advantage-estimator interface for LIPO (same contract as its ``grpo``).
-
-    Args:
-        token_level_rewards: ``(B, T)`` rewards, summed over tokens to one score per response.
-        response_mask: ``(B, T)`` 1 on generated tokens; its row sums are the lengths and ``T``
-            is the default ``l_max``.
-        index: ``(B,)`` prompt group labels.
-        config: algorithm config; its ``lipo`` section (attribute or key) overrides the
-            defaults. Unset ``xi`` means 0 (binary rewards): verl has no task to infer it from.
-
-    Returns:
-        ``(advantages, returns)``, both ``(B, T)``: the sequence advantage on every response token.
-    """
-    settings = {"l_max": response_mask.shape[-1], **_lipo_settings(config)}
-    output = lipo_advantage(
-        token_level_rewards.sum(dim=-1),
-        response_mask.sum(dim=-1),
-        index,
-        epsilon=epsilon,
-        **settings,
-    )
-    advantages = output.advantages.unsqueeze(-1) * response_mask
-    return advantages, advantages

@@ -1,4 +1,4 @@
-"""Schema of a LIPO/GRPO training run (SPEC §1–§2 switches), validated before any actor starts.
+"""Schema of a LIPO/GRPO training run (SPEC §1, §2 and §5 switches), validated before any actor starts.
 
 Each section's `validate()` checks its own fields and names them relative to the section;
 `TrainConfig.validate()` puts them under the section's key, checks the cross-section rules and
@@ -209,9 +209,77 @@ class LipoConfig:
 
 
 @dataclass(frozen=True)
+class DapoOverlongConfig:
+    """DAPO's soft overlong punishment (arXiv 2503.14476, "Overlong Reward Shaping")."""
+
+    cache_fraction: float = 0.2
+    """L_cache as a share of the rollout's response limit L_max, in (0, 1]; the penalty ramps from 0
+    at L_max - L_cache to -1 at L_max. 0.2 is the paper's 4,096 of 20,480 (SPEC §5 says L_max / 4)."""
+
+    def validate(self) -> None:
+        _within("cache_fraction", self.cache_fraction, 0, 1, "(]")
+
+
+@dataclass(frozen=True)
+class KimiConfig:
+    """Kimi k1.5's length reward (arXiv 2501.12599, "Length Penalty")."""
+
+    weight: float = 1.0
+    """w: the length reward w * lambda is added to the reward."""
+
+    def validate(self) -> None:
+        _at_least("weight", self.weight, 0)
+
+
+@dataclass(frozen=True)
+class ShorterBetterConfig:
+    """ShorterBetter's reward (arXiv 2504.21370): r' = alpha * correct - beta * |L - SOL|."""
+
+    alpha: float = 2.0
+    """Reward of a correct answer (the paper trains alpha = 1 and 2)."""
+    beta: float = 0.001
+    """Penalty per token of distance to the sample optimal length SOL."""
+
+    def validate(self) -> None:
+        _positive("alpha", self.alpha)
+        _at_least("beta", self.beta, 0)
+
+
+@dataclass(frozen=True)
+class EfficientConfig:
+    """Arora & Zanette's reward (arXiv 2502.04463): r' = correct * (1 - alpha * sigmoid(z))."""
+
+    alpha: float = 0.2
+    """Length penalty strength, in [0, 1) so a correct answer always beats a wrong one."""
+    baseline: Literal["rloo", "grpo"] = "rloo"
+    """Advantage of the shaped reward: rloo (leave-one-out mean, as the paper trains) or grpo."""
+
+    def validate(self) -> None:
+        _within("alpha", self.alpha, 0, 1, "[)")
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """A linear length penalty on correct answers: r' = r - gamma * (L / L_max) * correct."""
+
+    gamma: float = 0.2
+    """Penalty of a correct answer of L_max tokens."""
+
+    def validate(self) -> None:
+        _at_least("gamma", self.gamma, 0)
+
+
+AdvEstimator = Literal["grpo", "dr_grpo", "lipo", "dapo_overlong", "kimi", "shorter_better", "efficient", "linear"]
+"""The advantage estimators of tiny_r1v.algorithms.advantages.ADVANTAGES (SPEC §2 and §5)."""
+
+LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+"""verl's `agg_loss` modes."""
+
+
+@dataclass(frozen=True)
 class AlgorithmConfig:
-    adv_estimator: Literal["lipo", "grpo"] = "lipo"
-    """Advantage estimator, by its name in verl's registry."""
+    adv_estimator: AdvEstimator = "lipo"
+    """Advantage estimator, by its name in tiny_r1v.algorithms.advantages.ADVANTAGES."""
     kl_coef: float = 0.01
     """Weight of the KL penalty to the frozen reference; 0 disables the reference model."""
     kl_penalty: Literal["low_var_kl", "kl", "mse"] = "low_var_kl"
@@ -220,17 +288,35 @@ class AlgorithmConfig:
     """eps_low: the ratio is clipped below at 1 - eps_low, so in (0, 1)."""
     clip_ratio_high: float = 0.3
     """eps_high: the ratio is clipped above at 1 + eps_high."""
-    loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"
-    """How token losses are averaged over the mini-batch (verl's `agg_loss` modes)."""
+    loss_agg_mode: LossAggMode = "token-mean"
+    """How token losses are averaged over the mini-batch (verl's `agg_loss` modes); dr_grpo needs
+    seq-mean-token-sum-norm (each sequence's token sum divided by the response limit)."""
     lipo: LipoConfig = field(default_factory=LipoConfig)
     """LIPO's switches; used when adv_estimator is lipo."""
+    dapo_overlong: DapoOverlongConfig = field(default_factory=DapoOverlongConfig)
+    """Used when adv_estimator is dapo_overlong."""
+    kimi: KimiConfig = field(default_factory=KimiConfig)
+    """Used when adv_estimator is kimi."""
+    shorter_better: ShorterBetterConfig = field(default_factory=ShorterBetterConfig)
+    """Used when adv_estimator is shorter_better."""
+    efficient: EfficientConfig = field(default_factory=EfficientConfig)
+    """Used when adv_estimator is efficient."""
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    """Used when adv_estimator is linear."""
 
     def validate(self) -> None:
         _at_least("kl_coef", self.kl_coef, 0)
         _within("clip_ratio_low", self.clip_ratio_low, 0, 1, "()")
         _positive("clip_ratio_high", self.clip_ratio_high)
-        with section("lipo"):
-            self.lipo.validate()
+        # Dr. GRPO's unbiased objective is both halves: no std division and a constant divisor.
+        require(
+            self.adv_estimator != "dr_grpo" or self.loss_agg_mode == "seq-mean-token-sum-norm",
+            "loss_agg_mode",
+            f"adv_estimator dr_grpo needs seq-mean-token-sum-norm, got {self.loss_agg_mode}",
+        )
+        for name in ("lipo", "dapo_overlong", "kimi", "shorter_better", "efficient", "linear"):
+            with section(name):
+                getattr(self, name).validate()
 
 
 @dataclass(frozen=True)
