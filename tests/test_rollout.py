@@ -12,6 +12,7 @@ from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from tiny_r1v.learner.inputs import collate, encode_prompt
 from tiny_r1v.learner.policy import PolicyModel
+from tiny_r1v.learner.worker import logprob_gap
 from tiny_r1v.protocol import Prompt, TrainSample
 from tiny_r1v.rollout.engine import RolloutEngine
 from tiny_r1v.trainer.actors import rollout_sampling
@@ -116,9 +117,17 @@ def test_learner_recomputes_rollout_logprobs(engine, prompts, tiny_model_dir, ti
         prompt = by_uid[c.uid]
         encoded = encode_prompt(processor, prompt, config.image_token_id, config.vision_config.spatial_merge_size)
         assert len(encoded.input_ids) == c.prompt_tokens  # vLLM expanded the image the same way
-        pairs.append((encoded, TrainSample(prompt=prompt, response_ids=c.token_ids, advantage=0.0)))
+        sample = TrainSample(prompt=prompt, response_ids=c.token_ids, advantage=0.0, rollout_logprobs=c.logprobs)
+        pairs.append((encoded, sample))
     batch = collate(pairs, pad_token_id=processor.tokenizer.pad_token_id)
     with torch.no_grad():
         logprobs, _ = policy(batch, tiny_config.rollout.temperature)
+    gaps = []
     for row, c in enumerate(completions):
         torch.testing.assert_close(logprobs[row, : len(c.logprobs)], torch.tensor(c.logprobs), atol=2e-3, rtol=0)
+        gaps += (logprobs[row, : len(c.logprobs)] - torch.tensor(c.logprobs)).abs().tolist()
+    # The learner's metric of the same gap: over every response token, padding left out.
+    metric = logprob_gap([batch], [logprobs])
+    assert metric["rollout/logprob_diff_max"] == pytest.approx(max(gaps), abs=1e-7)
+    assert metric["rollout/logprob_diff_mean"] == pytest.approx(sum(gaps) / len(gaps), abs=1e-7)
+    assert metric["rollout/logprob_diff_max"] < 2e-3

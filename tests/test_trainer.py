@@ -66,6 +66,8 @@ METRICS = [
     "sync/seconds",
     "sync/bytes",
     "rollout/weight_version",
+    "rollout/logprob_diff_mean",
+    "rollout/logprob_diff_max",
 ]
 
 
@@ -162,6 +164,8 @@ def test_iterations_log_every_metric_and_sync_weights(interrupted_run, tiny_mode
         assert all(key in row for row in rows), key
     assert [row["rollout/weight_version"] for row in rows] == [1.0, 2.0]
     assert rows[0]["sync/bytes"] > 0
+    # Rollout and learner log-probs of the same tokens under the same float32 weights.
+    assert all(row["rollout/logprob_diff_mean"] < 2e-3 and row["rollout/logprob_diff_max"] < 1e-2 for row in rows)
     assert any((run_dir(cfg) / "tensorboard").iterdir())
     before = load_file(tiny_model_dir / "model.safetensors")
     after = load_file(run_dir(cfg) / "checkpoints" / "step-000002" / "model" / "model.safetensors")

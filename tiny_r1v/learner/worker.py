@@ -257,8 +257,13 @@ class Learner:
             device=self.device,
         )
         dist.all_reduce(counts)
+        # loss_scale_factor: the constant seq-mean-token-sum-norm (Dr. GRPO) divides by; verl would
+        # otherwise take the micro-batch's padded width, which varies.
         self.loss_config.global_batch_info.update(
-            dp_size=self.world_size, batch_num_tokens=counts[0].item(), global_batch_size=counts[1].item()
+            dp_size=self.world_size,
+            batch_num_tokens=counts[0].item(),
+            global_batch_size=counts[1].item(),
+            loss_scale_factor=self.cfg.rollout.max_response_length,
         )
 
     def _micro_step(self, mb: PolicyInputs, old: torch.Tensor, ref: torch.Tensor | None) -> dict[str, float]:

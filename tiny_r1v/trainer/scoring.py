@@ -1,20 +1,20 @@
 """Rewards and advantages for one iteration's completions (the RewardScorer actor's body).
 
-Rule-based scores come from the timeout-safe process pool; advantages from verl's estimator
-registry, where ``grpo`` and ``lipo`` are one config switch apart.
+Rule-based scores come from the timeout-safe process pool; advantages from the estimator registry
+(`tiny_r1v.algorithms.advantages`), where ``grpo``, ``lipo`` and the length-control field are one
+config switch apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer
-from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
-from tiny_r1v.algorithms import lipo_advantage
+from tiny_r1v.algorithms import ScoredGroups, compute_advantages, group_ids
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.console import quiet_actor
 from tiny_r1v.protocol import Completion
@@ -75,55 +75,21 @@ class GroupScorer:
         return scores, lengths, metrics
 
     def score(self, completions: Sequence[Completion], references: Mapping[str, Reference]) -> ScoredBatch:
-        """Rewards (SPEC §1) and advantages (SPEC §2, or GRPO) of a whole iteration."""
+        """Rewards (SPEC §1) and the advantages of `algorithm.adv_estimator` of a whole iteration."""
         scores, lengths, metrics = self._rule_scores(completions, references)
-        rewards = torch.tensor([s.total for s in scores], dtype=torch.float32)
-        accuracy = torch.tensor([s.accuracy for s in scores], dtype=torch.float32)
-        uids = [c.uid for c in completions]
-        advantages = self._advantages(rewards, accuracy, lengths, uids, metrics)
-        metrics.update(
-            {
-                "adv/mean": advantages.mean().item(),
-                "adv/std": advantages.std().item() if len(advantages) > 1 else 0.0,
-                "adv/max": advantages.max().item(),
-                "adv/min": advantages.min().item(),
-                "adv/zero_frac": (advantages == 0).float().mean().item(),
-            }
-        )
-        return ScoredBatch(advantages=advantages.tolist(), metrics=metrics)
-
-    def _advantages(
-        self,
-        rewards: torch.Tensor,
-        accuracy: torch.Tensor,
-        lengths: torch.Tensor,
-        uids: list[str],
-        metrics: dict[str, float],
-    ) -> torch.Tensor:
         algo = self.cfg.algorithm
-        if algo.adv_estimator == "lipo":
-            # Called directly rather than through the registry for its by-products (adjusted
-            # rewards, L_opt), which the metrics report; the registry entry is a thin adapter.
-            out = lipo_advantage(rewards, lengths, uids, correct=accuracy >= algo.lipo.q_min, **asdict(algo.lipo))
-            bonus = out.adjusted_rewards - rewards
-            metrics.update(
-                {
-                    "lipo/bonus_mean": bonus.mean().item(),
-                    "lipo/boosted_frac": (bonus > 0).float().mean().item(),
-                    "lipo/penalized_frac": (bonus < 0).float().mean().item(),
-                    "lipo/l_opt_mean": out.l_opt.mean().item(),
-                    "lipo/weight_mean": out.weights.mean().item(),
-                }
-            )
-            return out.advantages
-        width = int(lengths.max())
-        mask = (torch.arange(width) < lengths.unsqueeze(-1)).float()
-        token_rewards = torch.zeros_like(mask)
-        token_rewards[torch.arange(len(rewards)), lengths - 1] = rewards
-        advantages, _ = get_adv_estimator_fn(algo.adv_estimator)(
-            token_level_rewards=token_rewards, response_mask=mask, index=np.array(uids), config=algo
+        accuracy = torch.tensor([s.accuracy for s in scores], dtype=torch.float32)
+        batch = ScoredGroups(
+            rewards=torch.tensor([s.total for s in scores], dtype=torch.float32),
+            lengths=lengths,
+            group=group_ids([c.uid for c in completions]),
+            # Binary rewards: accuracy 1; OCR's continuous 1 - NED: at least LIPO's quality bar.
+            correct=accuracy >= algo.lipo.q_min,
+            truncated=torch.tensor([c.finish_reason == "length" for c in completions]),
+            l_max=self.cfg.rollout.max_response_length,
         )
-        return advantages[:, 0]
+        result = compute_advantages(batch, algo)
+        return ScoredBatch(advantages=result.advantages.tolist(), metrics={**metrics, **result.metrics})
 
     def validation_metrics(
         self, completions: Sequence[Completion], references: Mapping[str, Reference]
