@@ -1,18 +1,22 @@
 """Schema of a merge job (SPEC §3 switches), loaded with `tiny_r1v.config.load_config`.
 
 One section per merge method, named as the method is in the registry, so the job hands the
-chosen method `getattr(cfg, cfg.method)`. `AmmConfig` extends `WudiConfig`: AMM optimises
+chosen method `getattr(cfg, cfg.method)`. The method names are listed here (`MethodName`) rather
+than read from the registry, so this schema imports no maths; a unit test holds the two to each
+other. `AmmConfig` extends `WudiConfig`: AMM optimises
 WUDI's loss with extra terms, under the same optimiser settings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from tiny_r1v.config.loader import require, section
 
 Side = Literal["auto", "gram", "direct"]
+MethodName = Literal["amm", "task_arithmetic", "ties", "wudi", "wudi_closed"]
+"""The registered merge methods (`tiny_r1v.merge.methods.METHODS`), each a section below."""
 VisionTreatment = Literal["mean", "merge", "base"]
 
 
@@ -113,8 +117,8 @@ class MergeConfig:
     """Model directory of the base checkpoint the experts were trained from."""
     experts: tuple[ExpertConfig, ...] = ()
     """Known experts; the command line picks some by name (or gives directories instead)."""
-    method: str = "amm"
-    """Merge method of the tensors the policy marks `merge` (a name in tiny_r1v.merge.METHODS)."""
+    method: MethodName = "amm"
+    """Merge method of the tensors the policy marks `merge`."""
     output: str = "outputs/merged"
     """Directory of the merged checkpoint (written as `<output>.tmp-<pid>`, then renamed)."""
     overwrite: bool = False
@@ -142,10 +146,7 @@ class MergeConfig:
     """Parameters of `amm`."""
 
     def validate(self) -> MergeConfig:
-        from tiny_r1v.merge.methods import METHODS  # the registry is the list of method names
-
         require(self.base != "", "base", "must not be empty")
-        require(self.method in METHODS, "method", f"must be one of {sorted(METHODS)}, got {self.method!r}")
         require(self.output != "", "output", "must not be empty")
         require(self.shard_size_mb > 0, "shard_size_mb", f"must be > 0, got {self.shard_size_mb}")
         require(self.buffer_mb >= 0, "buffer_mb", f"must be >= 0, got {self.buffer_mb}")
@@ -154,7 +155,7 @@ class MergeConfig:
             with section(f"experts[{i}]"):
                 expert.validate()
             require(expert.name not in names[:i], f"experts[{i}].name", f"duplicate name {expert.name!r}")
-        for name in METHODS:
+        for name in get_args(MethodName):
             with section(name):
                 getattr(self, name).validate()
         return self
