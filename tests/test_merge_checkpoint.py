@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
+from helpers import fill_checkpoint
 from huggingface_hub import save_torch_state_dict
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -75,7 +76,7 @@ def inputs(tiny_model_dir, tmp_path_factory) -> Inputs:
         }
         step = root / "runs" / name / "checkpoints" / "step-000002"
         save_model(experts[name], base, step / "model", shard_bytes)
-        (step / "trainer_state.json").write_text("{}")
+        (fill_checkpoint(step) / "trainer_state.json").write_text("{}")
     return Inputs(base, root / "runs", state, experts)
 
 

@@ -13,30 +13,12 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from tiny_r1v.config.loader import require, section
+from tiny_r1v.config.model_ref import ModelRef
 
 Side = Literal["auto", "gram", "direct"]
 MethodName = Literal["amm", "task_arithmetic", "ties", "wudi", "wudi_closed"]
 """The registered merge methods (`tiny_r1v.merge.methods.METHODS`), each a section below."""
 VisionTreatment = Literal["mean", "merge", "base"]
-
-
-@dataclass(frozen=True)
-class ExpertConfig:
-    name: str
-    """Name the command line selects the expert by (`--experts math,chart`)."""
-    path: str
-    """A model directory, or a training run directory (`<trainer.output_dir>/<experiment_name>`)
-    whose checkpoint `step` is merged (`checkpoints/step-N/model/`)."""
-    step: int | None = None
-    """Checkpoint step of a run directory; null: its newest complete checkpoint."""
-
-    def validate(self) -> None:
-        require(
-            self.name != "" and "," not in self.name, "name", f"must be non-empty without commas, got {self.name!r}"
-        )
-        require(self.path != "", "path", "must not be empty")
-        if self.step is not None:
-            require(self.step >= 0, "step", f"must be >= 0, got {self.step}")
 
 
 @dataclass(frozen=True)
@@ -115,7 +97,7 @@ class AmmConfig(WudiConfig):
 class MergeConfig:
     base: str
     """Model directory of the base checkpoint the experts were trained from."""
-    experts: tuple[ExpertConfig, ...] = ()
+    experts: tuple[ModelRef, ...] = ()
     """Known experts; the command line picks some by name (or gives directories instead)."""
     method: MethodName = "amm"
     """Merge method of the tensors the policy marks `merge`."""

@@ -27,8 +27,8 @@ from typing import BinaryIO
 import torch
 
 from tiny_r1v.merge.errors import MergeError
+from tiny_r1v.trainer.checkpoint import WEIGHTS_INDEX as INDEX
 
-INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 # Copied from the base next to the merged weights: everything transformers' and vLLM's loaders
 # and the processor read besides the weights.
