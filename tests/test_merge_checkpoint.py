@@ -97,7 +97,7 @@ def test_output_layout_report_and_provenance(merged, inputs):
     copied = {p.name for p in inputs.base.iterdir() if p.name in MODEL_FILES}
     assert {"config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja"} <= copied
     assert all((out / name).read_bytes() == (inputs.base / name).read_bytes() for name in copied)
-    assert not list(out.parent.glob("*.tmp-*"))
+    assert not list(out.parent.glob("*.merge-tmp"))
 
     report = json.loads((out / REPORT).read_text())
     assert [entry["name"] for entry in report] == list(CheckpointReader(inputs.base, "base").tensors)

@@ -102,9 +102,13 @@ class MergeConfig:
     method: MethodName = "amm"
     """Merge method of the tensors the policy marks `merge`."""
     output: str = "outputs/merged"
-    """Directory of the merged checkpoint (written as `<output>.tmp-<pid>`, then renamed)."""
+    """Directory of the merged checkpoint (written as `<output>.merge-tmp`, then renamed); never
+    an input's directory, inside one or holding one."""
     overwrite: bool = False
-    """Replace an existing `output` directory instead of stopping."""
+    """Replace an existing `output` that is a previous merge's output (holds its provenance)."""
+    restart: bool = False
+    """Discard an interrupted merge's `<output>.merge-tmp` instead of continuing it (continuing
+    needs the same inputs and settings)."""
     vision: VisionTreatment = "mean"
     """Vision tower and merger (SPEC §3 switch): mean of task vectors, `merge` like the language
     model (2-D weights by `method`, the rest by mean), or `base` (kept as in the base)."""
