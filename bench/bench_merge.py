@@ -109,7 +109,7 @@ def bench_streaming(work: Path, size_gb: float, experts: int, repeats: int) -> N
     cfg = load_config(
         MergeConfig, None, [f"base={dirs[0]}", "method=task_arithmetic", "device=cpu", "hash_inputs=false"]
     )
-    sources = [Source(d.name, d) for d in dirs]
+    sources = [Source(d.name, d, d) for d in dirs]
     size = read_files(files)
     figures: dict[str, list[float]] = {}
     phases: dict[str, list[dict[str, float]]] = {"warm": [], "cold": []}

@@ -90,13 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         provenance = run_on_ray(cfg, base, experts)
     except MergeError as err:
-        print(f"merge failed: {err}", file=sys.stderr)
+        # An error raised in the actor arrives as a RayTaskError that is also a MergeError, and
+        # its text is the remote traceback: the message is its cause's.
+        cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else err
+        print(f"merge failed: {cause}", file=sys.stderr)
         return 1
-    except ray.exceptions.RayTaskError as err:
-        if isinstance(err.cause, MergeError):  # e.g. a NaN result: no traceback needed
-            print(f"merge failed: {err.cause}", file=sys.stderr)
-            return 1
-        raise
     print(summary(provenance))
     return 0
 

@@ -16,3 +16,24 @@ def snapshot(*roots: Path) -> dict[str, str]:
         for path in files:
             digests[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return digests
+
+
+def fill_checkpoint(step_dir: Path) -> Path:
+    """Give ``step_dir`` rank 0's optimizer shard, which `tiny_r1v.trainer.checkpoint` requires
+    of a complete checkpoint besides its model and state file."""
+    from safetensors.torch import save_file
+
+    (step_dir / "optim").mkdir(parents=True, exist_ok=True)
+    save_file({}, step_dir / "optim" / "rank-0.safetensors")
+    return step_dir
+
+
+def stand_in_model(model_dir: Path) -> Path:
+    """A model directory as `tiny_r1v.trainer.checkpoint` counts one (a config and a weights
+    file, here empty), for tests that only resolve paths."""
+    from safetensors.torch import save_file
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.json").write_text("{}")
+    save_file({}, model_dir / "model.safetensors")
+    return model_dir

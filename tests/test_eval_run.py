@@ -19,6 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
+from helpers import fill_checkpoint
 from PIL import Image
 
 from tiny_r1v.config import load_config
@@ -93,6 +94,7 @@ def write_run(run: Path, seed: int) -> Path:
 
     staging = checkpoint.staging_dir(run, 3)
     build_tiny_model(staging / "model", seed=seed)
+    fill_checkpoint(staging)
     return checkpoint.publish(staging, checkpoint.TrainerState(3, 3, {"dataset_size": 8}), keep=2) / "model"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
+from helpers import fill_checkpoint
 from huggingface_hub import save_torch_state_dict
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -75,7 +76,7 @@ def inputs(tiny_model_dir, tmp_path_factory) -> Inputs:
         }
         step = root / "runs" / name / "checkpoints" / "step-000002"
         save_model(experts[name], base, step / "model", shard_bytes)
-        (step / "trainer_state.json").write_text("{}")
+        (fill_checkpoint(step) / "trainer_state.json").write_text("{}")
     return Inputs(base, root / "runs", state, experts)
 
 
@@ -96,7 +97,7 @@ def test_output_layout_report_and_provenance(merged, inputs):
     copied = {p.name for p in inputs.base.iterdir() if p.name in MODEL_FILES}
     assert {"config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja"} <= copied
     assert all((out / name).read_bytes() == (inputs.base / name).read_bytes() for name in copied)
-    assert not list(out.parent.glob("*.tmp-*"))
+    assert not list(out.parent.glob("*.merge-tmp"))
 
     report = json.loads((out / REPORT).read_text())
     assert [entry["name"] for entry in report] == list(CheckpointReader(inputs.base, "base").tensors)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import fill_checkpoint, stand_in_model
 from safetensors import safe_open
 
 from tiny_r1v.config import ConfigError, load_config, to_dict
@@ -113,22 +114,17 @@ def test_bad_merge_config_names_the_key(override, message):
 
 
 def test_expert_names_resolve_to_run_checkpoints_and_paths_work(tmp_path):
-    def model(path: Path) -> Path:
-        path.mkdir(parents=True)
-        (path / "config.json").write_text("{}")
-        return path
-
     def config(step: int | None = None) -> MergeConfig:
         expert = f"{{name: math, path: {tmp_path / 'runs/math'}, step: {'null' if step is None else step}}}"
         return load_config(MergeConfig, None, [f"base={base}", f"experts=[{expert}]"])
 
-    base = model(tmp_path / "base")
+    base = stand_in_model(tmp_path / "base")
     checkpoints = tmp_path / "runs" / "math" / "checkpoints"
     for step in (1, 2, 3):
-        model(checkpoints / f"step-{step:06d}" / "model")
+        stand_in_model(fill_checkpoint(checkpoints / f"step-{step:06d}") / "model")
         if step < 3:  # step 3 is incomplete: no trainer state yet
             (checkpoints / f"step-{step:06d}" / "trainer_state.json").write_text("{}")
-    other = model(tmp_path / "elsewhere" / "ocr")
+    other = stand_in_model(tmp_path / "elsewhere" / "ocr")
 
     found_base, (math, ocr) = resolve(config(), ["math", str(other)])
     assert found_base.model_dir == base and (math.name, ocr.name) == ("math", "ocr")

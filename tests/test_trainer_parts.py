@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import snapshot
+from helpers import fill_checkpoint, snapshot, stand_in_model
 
 from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.metrics import MetricsLogger, trend
@@ -66,7 +66,7 @@ def test_checkpoints_publish_atomically_and_keep_the_last(tmp_path, monkeypatch)
         staging = checkpoint.staging_dir(tmp_path, step)
         assert staging.name.endswith(".tmp")
         assert checkpoint.latest(tmp_path) is None or checkpoint.latest(tmp_path)[1].step < step
-        (staging / "model").mkdir()
+        stand_in_model(fill_checkpoint(staging) / "model")
         return checkpoint.publish(staging, checkpoint.TrainerState(step, step, ORDER), keep=2)
 
     assert checkpoint.latest(tmp_path) is None

@@ -15,8 +15,8 @@ def _module_name(path: Path) -> str:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the tiny_r1v modules it imports (a name imported from a package counts as the
-    package's submodule when one exists)."""
+    """Module -> the tiny_r1v modules it imports (package initialisation on the way to a
+    submodule is not counted: Python runs it before any submodule in every case)."""
     modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
@@ -25,7 +25,11 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+                # `from pkg import sub` imports the submodule; any other name comes from `pkg` itself.
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+                targets |= {name for name in names if name in modules}
+                if not all(name in modules for name in names):
+                    targets.add(node.module)
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
 

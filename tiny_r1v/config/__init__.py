@@ -1,6 +1,7 @@
 """Typed, frozen, validated configs: dataclass defaults <- YAML file <- `a.b=value` overrides."""
 
 from tiny_r1v.config.loader import ConfigError, load_config, require, section, to_dict
+from tiny_r1v.config.model_ref import ModelRef
 from tiny_r1v.config.train import (
     AlgorithmConfig,
     DapoOverlongConfig,
@@ -29,6 +30,7 @@ __all__ = [
     "LinearConfig",
     "LipoConfig",
     "ModelConfig",
+    "ModelRef",
     "RewardConfig",
     "RolloutConfig",
     "ShorterBetterConfig",

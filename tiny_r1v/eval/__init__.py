@@ -6,7 +6,7 @@ engine), `metrics` (per-sample records and the table's figures, pure), `report` 
 JSON, plot), `cache` (per-sample files reused across runs), `runner` (the driver on Ray).
 """
 
-from tiny_r1v.eval.config import BenchmarkSpec, DecodingConfig, EvalConfig, ModelSpec
+from tiny_r1v.eval.config import BenchmarkSpec, DecodingConfig, EvalConfig
 from tiny_r1v.eval.inputs import EvalError
 
-__all__ = ["BenchmarkSpec", "DecodingConfig", "EvalConfig", "EvalError", "ModelSpec"]
+__all__ = ["BenchmarkSpec", "DecodingConfig", "EvalConfig", "EvalError"]

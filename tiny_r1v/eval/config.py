@@ -11,24 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tiny_r1v.config.loader import require, section
+from tiny_r1v.config.model_ref import ModelRef, require_label
 from tiny_r1v.config.train import EngineConfig, PromptConfig, RewardConfig
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    """Label of the model in tables and file names; `--models` selects it by this name."""
-    path: str
-    """A model directory (Hugging Face layout, e.g. a merge's output), or a training run directory
-    (`<trainer.output_dir>/<experiment_name>`) whose checkpoint `step` is evaluated."""
-    step: int | None = None
-    """Checkpoint step of a run directory; null: its newest complete checkpoint."""
-
-    def validate(self) -> None:
-        _require_label(self.name)
-        require(self.path != "", "path", "must not be empty")
-        if self.step is not None:
-            require(self.step >= 0, "step", f"must be >= 0, got {self.step}")
 
 
 @dataclass(frozen=True)
@@ -41,7 +25,7 @@ class BenchmarkSpec:
     def validate(self) -> None:
         require(self.path != "", "path", "must not be empty")
         if self.name is not None:
-            _require_label(self.name)
+            require_label(self.name)
 
 
 @dataclass(frozen=True)
@@ -73,7 +57,7 @@ class DecodingConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    models: tuple[ModelSpec, ...] = ()
+    models: tuple[ModelRef, ...] = ()
     """Known models; `--models` picks some by name (or gives `name=DIR` instead). Empty: `--models` is required."""
     benchmarks: tuple[BenchmarkSpec, ...] = ()
     """Known benchmarks; `--benchmarks` picks some by name (or gives files instead)."""
@@ -116,9 +100,3 @@ class EvalConfig:
             with section(name):
                 getattr(self, name).validate()
         return self
-
-
-def _require_label(name: str) -> None:
-    # Labels become file names and command-line items, so they must split cleanly.
-    ok = name.strip() == name != "" and not any(char in name for char in ",=/\\")
-    require(ok, "name", f"must be a non-empty label without ',', '=', '/' or surrounding spaces, got {name!r}")

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tiny_r1v.config import ConfigError
+from tiny_r1v.config import ConfigError, ModelRef
 from tiny_r1v.data import DatasetError, Example, load_examples
-from tiny_r1v.eval.config import BenchmarkSpec, EvalConfig, ModelSpec
-from tiny_r1v.merge.errors import MergeError
-from tiny_r1v.merge.sources import model_dir
+from tiny_r1v.eval.config import BenchmarkSpec, EvalConfig
+from tiny_r1v.trainer.checkpoint import CheckpointError, resolve_model_dir
 
 
 class EvalError(ValueError):
@@ -89,23 +88,20 @@ def resolve_models(cfg: EvalConfig, items: Sequence[str]) -> list[ModelSource]:
     _check_unique("model", [spec.name for spec in specs])
     sources = []
     for spec in specs:
-        path = Path(spec.path)
-        if not path.is_dir():
-            raise EvalError(f"model {spec.name!r}: no such directory {path}")
         try:
-            directory = model_dir(path, spec.step, f"model {spec.name!r}")
-        except MergeError as err:
+            directory = resolve_model_dir(Path(spec.path), spec.step, f"model {spec.name!r}")
+        except CheckpointError as err:
             raise EvalError(str(err)) from None
         sources.append(ModelSource(spec.name, directory, fingerprint(directory)))
     return sources
 
 
-def _model_spec(item: str) -> ModelSpec:
+def _model_spec(item: str) -> ModelRef:
     name, path = _named(item)
     if name is None:
         # A run directory names its run; `.../step-N/model` would be named "model": give name=DIR.
         name = Path(path).resolve().name
-    spec = ModelSpec(name=name, path=path)
+    spec = ModelRef(name=name, path=path)
     _validate_label(spec, f"model item {item!r}")
     return spec
 
@@ -164,7 +160,7 @@ def _check_unique(kind: str, names: Sequence[str]) -> None:
             raise EvalError(f"{kind} name {name!r} is given twice; name them apart with name=PATH")
 
 
-def _validate_label(spec: ModelSpec | BenchmarkSpec, where: str) -> None:
+def _validate_label(spec: ModelRef | BenchmarkSpec, where: str) -> None:
     try:
         spec.validate()
     except ConfigError as err:

@@ -1,38 +1,24 @@
 """Schema of a merge job (SPEC §3 switches), loaded with `tiny_r1v.config.load_config`.
 
 One section per merge method, named as the method is in the registry, so the job hands the
-chosen method `getattr(cfg, cfg.method)`. `AmmConfig` extends `WudiConfig`: AMM optimises
+chosen method `getattr(cfg, cfg.method)`. The method names are listed here (`MethodName`) rather
+than read from the registry, so this schema imports no maths; a unit test holds the two to each
+other. `AmmConfig` extends `WudiConfig`: AMM optimises
 WUDI's loss with extra terms, under the same optimiser settings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from tiny_r1v.config.loader import require, section
+from tiny_r1v.config.model_ref import ModelRef
 
 Side = Literal["auto", "gram", "direct"]
+MethodName = Literal["amm", "task_arithmetic", "ties", "wudi", "wudi_closed"]
+"""The registered merge methods (`tiny_r1v.merge.methods.METHODS`), each a section below."""
 VisionTreatment = Literal["mean", "merge", "base"]
-
-
-@dataclass(frozen=True)
-class ExpertConfig:
-    name: str
-    """Name the command line selects the expert by (`--experts math,chart`)."""
-    path: str
-    """A model directory, or a training run directory (`<trainer.output_dir>/<experiment_name>`)
-    whose checkpoint `step` is merged (`checkpoints/step-N/model/`)."""
-    step: int | None = None
-    """Checkpoint step of a run directory; null: its newest complete checkpoint."""
-
-    def validate(self) -> None:
-        require(
-            self.name != "" and "," not in self.name, "name", f"must be non-empty without commas, got {self.name!r}"
-        )
-        require(self.path != "", "path", "must not be empty")
-        if self.step is not None:
-            require(self.step >= 0, "step", f"must be >= 0, got {self.step}")
 
 
 @dataclass(frozen=True)
@@ -111,14 +97,18 @@ class AmmConfig(WudiConfig):
 class MergeConfig:
     base: str
     """Model directory of the base checkpoint the experts were trained from."""
-    experts: tuple[ExpertConfig, ...] = ()
+    experts: tuple[ModelRef, ...] = ()
     """Known experts; the command line picks some by name (or gives directories instead)."""
-    method: str = "amm"
-    """Merge method of the tensors the policy marks `merge` (a name in tiny_r1v.merge.METHODS)."""
+    method: MethodName = "amm"
+    """Merge method of the tensors the policy marks `merge`."""
     output: str = "outputs/merged"
-    """Directory of the merged checkpoint (written as `<output>.tmp-<pid>`, then renamed)."""
+    """Directory of the merged checkpoint (written as `<output>.merge-tmp`, then renamed); never
+    an input's directory, inside one or holding one."""
     overwrite: bool = False
-    """Replace an existing `output` directory instead of stopping."""
+    """Replace an existing `output` that is a previous merge's output (holds its provenance)."""
+    restart: bool = False
+    """Discard an interrupted merge's `<output>.merge-tmp` instead of continuing it (continuing
+    needs the same inputs and settings)."""
     vision: VisionTreatment = "mean"
     """Vision tower and merger (SPEC §3 switch): mean of task vectors, `merge` like the language
     model (2-D weights by `method`, the rest by mean), or `base` (kept as in the base)."""
@@ -142,10 +132,7 @@ class MergeConfig:
     """Parameters of `amm`."""
 
     def validate(self) -> MergeConfig:
-        from tiny_r1v.merge.methods import METHODS  # the registry is the list of method names
-
         require(self.base != "", "base", "must not be empty")
-        require(self.method in METHODS, "method", f"must be one of {sorted(METHODS)}, got {self.method!r}")
         require(self.output != "", "output", "must not be empty")
         require(self.shard_size_mb > 0, "shard_size_mb", f"must be > 0, got {self.shard_size_mb}")
         require(self.buffer_mb >= 0, "buffer_mb", f"must be >= 0, got {self.buffer_mb}")
@@ -154,7 +141,7 @@ class MergeConfig:
             with section(f"experts[{i}]"):
                 expert.validate()
             require(expert.name not in names[:i], f"experts[{i}].name", f"duplicate name {expert.name!r}")
-        for name in METHODS:
+        for name in get_args(MethodName):
             with section(name):
                 getattr(self, name).validate()
         return self

@@ -19,15 +19,23 @@ from tiny_r1v.merge.objective import WudiObjective
 
 MergeFn = Callable[[Tensor, Any], Tensor]
 METHODS: dict[str, MergeFn] = {}
-"""Registry: method name -> function. `MergeConfig` has a parameter section of the same name."""
+"""Registry: method name -> function. `MergeConfig` has a parameter section of the same name,
+of the type in `PARAMS` (a unit test holds the two to each other)."""
+PARAMS: dict[str, type] = {}
+"""Method name -> its parameter class, declared where the method registers."""
 ELEMENTWISE: set[str] = set()
 """Methods whose result at an entry depends on that entry alone, so the job may merge a tensor
 in blocks of entries."""
 
 
-def register(name: str, elementwise: bool = False) -> Callable[[MergeFn], MergeFn]:
+def register(name: str, params: type, elementwise: bool = False) -> Callable[[MergeFn], MergeFn]:
+    """Add the decorated function to the registry as `name`, taking a `params` instance."""
+
     def add(fn: MergeFn) -> MergeFn:
+        if name in METHODS:
+            raise ValueError(f"merge method {name!r} is registered twice")
         METHODS[name] = fn
+        PARAMS[name] = params
         if elementwise:
             ELEMENTWISE.add(name)
         return fn
@@ -36,8 +44,8 @@ def register(name: str, elementwise: bool = False) -> Callable[[MergeFn], MergeF
 
 
 def total(taus: Tensor) -> Tensor:
-    """sum_k taus[k] as K - 1 additions: on the CPU, torch's reduction over a short leading dim
-    took several times as long (119 us vs 50 us for [3, 2^18] float32)."""
+    """sum_k taus[k] as K - 1 in-place additions: on the CPU torch's reduction over a short
+    leading dim is several times slower (docs/benchmarks.md#merge)."""
     out = taus[0].clone()
     for tau in taus[1:]:
         out.add_(tau)
@@ -54,12 +62,12 @@ def weighted_sum(weights: Tensor, taus: Tensor) -> Tensor:
     return torch.tensordot(weights, taus, dims=1)
 
 
-@register("task_arithmetic", elementwise=True)
+@register("task_arithmetic", params=TaskArithmeticConfig, elementwise=True)
 def task_arithmetic(taus: Tensor, params: TaskArithmeticConfig) -> Tensor:
     return total(taus).mul_(params.lam)
 
 
-@register("ties")
+@register("ties", params=TiesConfig)
 def ties(taus: Tensor, params: TiesConfig) -> Tensor:
     """Trim each task vector to its largest `density` share, elect a sign per entry, average the
     entries that agree with it (peft's steps); then scale by `lam`."""
@@ -89,7 +97,7 @@ def adam(
     return x
 
 
-@register("wudi")
+@register("wudi", params=WudiConfig)
 @torch.no_grad()
 def wudi(taus: Tensor, params: WudiConfig) -> Tensor:
     """WUDI: Adam on D with c_k = 1 from tau_m = sum_k tau_k."""
@@ -98,7 +106,7 @@ def wudi(taus: Tensor, params: WudiConfig) -> Tensor:
     return adam(weighted_sum(ones, taus), lambda x: objective.loss_and_grad(x, ones), params.steps, params.lr)
 
 
-@register("wudi_closed")
+@register("wudi_closed", params=WudiClosedConfig)
 @torch.no_grad()
 def wudi_closed(taus: Tensor, params: WudiClosedConfig) -> Tensor:
     """The minimiser of D (c_k = 1): X (A + rho I) = B, rho = ridge * trace(A) / d_in, solved in
@@ -142,7 +150,7 @@ def input_basis(taus: Tensor, rank: int) -> Tensor | None:
     return torch.linalg.qr(stacked.T @ left).Q
 
 
-@register("amm")
+@register("amm", params=AmmConfig)
 @torch.no_grad()
 def amm(taus: Tensor, params: AmmConfig) -> Tensor:
     """AMM: Adam on D with c_k = K alpha_k beta_k (+ lam * R, or a hard projection of each step)

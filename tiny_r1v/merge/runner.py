@@ -1,5 +1,6 @@
-"""The merge job: resolve and check the inputs, stream every tensor through its treatment, write
-the sharded checkpoint with its report and provenance into a temporary directory, rename it.
+"""The merge job: check the output and the inputs, stream every tensor through its treatment,
+write the sharded checkpoint with its report and provenance into a temporary directory (its
+journal lets a killed merge continue), rename it.
 
 Memory: one tensor from each of base + K experts at a time (mapped from the page cache), the
 float32 task vectors and the method's working set, and the output buffer of the background
@@ -29,13 +30,15 @@ from tqdm import tqdm
 
 from tiny_r1v.config.loader import to_dict
 from tiny_r1v.device import resolve_device
+from tiny_r1v.merge import journal
 from tiny_r1v.merge.config import MergeConfig
 from tiny_r1v.merge.errors import MergeError
 from tiny_r1v.merge.methods import ELEMENTWISE, METHODS, mean
 from tiny_r1v.merge.plan import MergePlan, PlanItem, build_plan
 from tiny_r1v.merge.policy import Treatment
-from tiny_r1v.merge.safetensors_io import INDEX, CheckpointReader, ShardWriter, copy_model_files, sha256
+from tiny_r1v.merge.safetensors_io import INDEX, CheckpointReader, ShardWriter, copy_model_files, sha256, shard_files
 from tiny_r1v.merge.sources import Source
+from tiny_r1v.timing import timed
 
 REPORT = "merge_report.json"
 PROVENANCE = "merge_provenance.json"
@@ -111,18 +114,65 @@ def _merge_into(
     out.copy_(merged)
 
 
+def staging_path(output: Path) -> Path:
+    """Where the merge writes before renaming to `output`: the same path on every run, so a run
+    killed midway is continued by the next (see `journal`)."""
+    return output.with_name(f"{output.name}.merge-tmp")
+
+
+def check_output(output: Path, overwrite: bool, sources: Sequence[Source]) -> None:
+    """MergeError unless the merge may write `output`: it (and its temporary directory) must not
+    be, contain or lie inside any input's directory, with or without `overwrite`; an existing
+    output is replaced only with `overwrite` and only when it is a previous merge's (or empty)."""
+    out = output.resolve()
+    for source in sources:
+        who = "the base" if source.name == "base" else f"expert {source.name!r}"
+        for given in dict.fromkeys([source.given.resolve(), source.model_dir]):
+            for path in (out, staging_path(out)):
+                relation = (
+                    "is"
+                    if path == given
+                    else "lies inside"
+                    if given in path.parents
+                    else "contains"
+                    if path in given.parents
+                    else None
+                )
+                if relation is not None:
+                    raise MergeError(
+                        f"output {path} {relation} the directory of {who} ({given}): a merge never writes "
+                        "over its inputs, overwrite or not; choose another output"
+                    )
+    if not out.exists():
+        return
+    if not overwrite:
+        raise MergeError(f"output {out} exists (set overwrite=true to replace a previous merge's output)")
+    found = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
+    if found is None or (found and PROVENANCE not in found):
+        what = "a file" if found is None else f"{', '.join(found[:5])}{' ...' if len(found) > 5 else ''}"
+        raise MergeError(
+            f"output {out} holds {what}, not a previous merge's output (no {PROVENANCE}): overwrite=true "
+            "only replaces a merge's output; remove or move it yourself, or choose another output"
+        )
+
+
 def check(cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source]) -> MergePlan:
-    """Everything `merge` checks before writing (MergeError on a problem): reads headers only."""
+    """Everything `merge` checks before writing (MergeError on a problem): the output, every
+    input's headers, the plan, and an interrupted merge to continue (hashing the inputs then,
+    when `hash_inputs` is on)."""
     with ExitStack() as stack:
-        return _open(cfg, base_src, expert_srcs, stack)[2]
+        base, experts, plan = _open(cfg, base_src, expert_srcs, stack)
+        tmp = staging_path(Path(cfg.output))
+        if tmp.exists() and not cfg.restart:
+            inputs = _describe_inputs([base_src, *expert_srcs], [base, *experts], cfg.hash_inputs)
+            journal.load(tmp, resume_key(cfg, resolve_device(cfg.device), inputs), _shard_files(plan))
+        return plan
 
 
 def _open(
     cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source], stack: ExitStack
 ) -> tuple[CheckpointReader, list[CheckpointReader], MergePlan]:
-    output = Path(cfg.output)
-    if output.exists() and not cfg.overwrite:
-        raise MergeError(f"output {output} exists (set overwrite=true to replace it)")
+    check_output(Path(cfg.output), cfg.overwrite, [base_src, *expert_srcs])
     readers = []
     for source in (base_src, *expert_srcs):
         readers.append(CheckpointReader(source.model_dir, source.name))
@@ -131,68 +181,141 @@ def _open(
     return base, experts, build_plan(base, experts, cfg.vision, cfg.shard_size_mb << 20)
 
 
+def _layout(plan: MergePlan) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    return {item.name: (item.info.dtype, item.info.shape) for item in plan.items}
+
+
+def _shard_files(plan: MergePlan) -> list[tuple[str, int]]:
+    return shard_files(plan.shards, _layout(plan))
+
+
+def resume_key(cfg: MergeConfig, device: torch.device, inputs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a continued merge must share with the interrupted one: every setting that can change
+    a byte of the output (not `overwrite`, `restart`, `buffer_mb`; the device as resolved; the
+    inputs by their files, not by the config's paths) and each input file's identity (see
+    `_describe_input`)."""
+    settings = {
+        k: v for k, v in to_dict(cfg).items() if k not in ("overwrite", "restart", "buffer_mb", "base", "experts")
+    }
+    return {
+        "settings": {**settings, "device": device.type},
+        "inputs": {entry["name"]: {"path": entry["path"], "files": entry["identity"]} for entry in inputs},
+    }
+
+
 def merge(
     cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source], progress: ProgressFactory = tqdm
 ) -> dict[str, Any]:
     """Merge the experts into the base as `cfg` says (sources: see `sources.resolve`).
 
     Returns the provenance (also written to the output's `merge_provenance.json`). Raises
-    MergeError before writing anything when the inputs do not fit, and leaves no output (the
-    temporary directory is removed) when a result is not finite.
+    MergeError before writing anything when the inputs do not fit, and removes the temporary
+    directory when a result is not finite. Any other interruption (a kill, an error of the
+    machine) leaves the temporary directory and its journal: the same merge run again continues
+    from the last finished shard, to the same bytes (`journal`).
     """
-    seconds: Counter[str] = Counter()
     start = time.perf_counter()
+    seconds: dict[str, float] = {}
     rss_at_start = _current_rss()
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     output = Path(cfg.output)
+    tmp = staging_path(output)
     with ExitStack() as stack:
-        base, readers, plan = _open(cfg, base_src, expert_srcs, stack)
-        seconds["check"] = time.perf_counter() - start
-
-        tick = time.perf_counter()
-        inputs = [
-            _describe_input(source, reader, cfg.hash_inputs)
-            for source, reader in zip([base_src, *expert_srcs], [base, *readers], strict=True)
-        ]
-        seconds["hash"] = time.perf_counter() - tick
-
-        tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        with timed(seconds, "check"):
+            base, experts, plan = _open(cfg, base_src, expert_srcs, stack)
+        with timed(seconds, "hash"):
+            inputs = _describe_inputs([base_src, *expert_srcs], [base, *experts], cfg.hash_inputs)
+        key = resume_key(cfg, device, inputs)
+        if cfg.restart:
+            _discard_interrupted(tmp)
+        done = journal.load(tmp, key, _shard_files(plan))
+        tmp.mkdir(parents=True, exist_ok=True)
+        record = journal.Journal(tmp, key, done)
+        stack.callback(record.close)
         try:
-            tick = time.perf_counter()
-            report, bytes_read, bytes_written = _stream(cfg, plan, base, readers, tmp, device, seconds, progress)
-            seconds["merge"] = time.perf_counter() - tick
-            tick = time.perf_counter()
-            copy_model_files(base_src.model_dir, tmp)
-            (tmp / REPORT).write_text(json.dumps(report, indent=1) + "\n")
-            seconds["finish"] = time.perf_counter() - tick
-            seconds["total"] = time.perf_counter() - start
-            provenance = {
-                "method": cfg.method,
-                "parameters": to_dict(cfg.params()),
-                "config": to_dict(cfg),
-                "inputs": inputs,
-                "output": str(output.resolve()),
-                "tensors": dict(Counter(entry["treatment"] for entry in report)),
-                "tied_word_embeddings": plan.tied,
-                "seconds": {phase: round(value, 4) for phase, value in seconds.items()},
-                "bytes": {"read": bytes_read, "written": bytes_written},
-                "memory_mb": _memory(rss_at_start, device),
-                "device": str(device),
-                "versions": {"python": platform.python_version(), "torch": torch.__version__},
-                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            }
-            (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
-            if output.exists():  # overwrite=true, checked above
-                shutil.rmtree(output)
-            os.replace(tmp, output)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with timed(seconds, "merge"):
+                report, bytes_read, bytes_written = _stream(
+                    cfg, plan, base, experts, tmp, device, seconds, progress, done, record
+                )
+        except MergeError:
+            shutil.rmtree(tmp, ignore_errors=True)  # a non-finite result: a rerun would fail alike
             raise
+        with timed(seconds, "finish"):
+            copy_model_files(base_src.model_dir, tmp)
+            _write_json(tmp / REPORT, report, indent=1)
+        seconds["total"] = time.perf_counter() - start
+        provenance = {
+            **_what(cfg, plan, inputs, report, output),
+            **_how(seconds, bytes_read, bytes_written, rss_at_start, device, done),
+        }
+        _write_json(tmp / PROVENANCE, provenance, indent=2)
+        record.close()
+        (tmp / journal.JOURNAL).unlink()
+        _publish(tmp, output)
     return provenance
+
+
+def _what(
+    cfg: MergeConfig, plan: MergePlan, inputs: Sequence[dict[str, Any]], report: Sequence[dict], output: Path
+) -> dict[str, Any]:
+    """The provenance fields that describe the result: equal for every run of the same merge."""
+    return {
+        "method": cfg.method,
+        "parameters": to_dict(cfg.params()),
+        "config": to_dict(cfg),
+        "inputs": [{k: v for k, v in entry.items() if k != "identity"} for entry in inputs],
+        "output": str(output.resolve()),
+        "tensors": dict(Counter(entry["treatment"] for entry in report)),
+        "tied_word_embeddings": plan.tied,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+
+
+def _how(
+    seconds: dict[str, float],
+    bytes_read: int,
+    bytes_written: int,
+    rss_at_start: int | None,
+    device: torch.device,
+    done: journal.Progress,
+) -> dict[str, Any]:
+    """The provenance fields of this run (they differ between runs of the same merge: a continued
+    merge reads only what was left and counts the time and memory of its own run)."""
+    return {
+        "seconds": {phase: round(value, 4) for phase, value in seconds.items()},
+        "bytes": {"read": bytes_read, "written": bytes_written},
+        "memory_mb": _memory(rss_at_start, device),
+        "device": str(device),
+        "resumed": {"shards": done.shards, "tensors": done.items},
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _write_json(path: Path, value: Any, indent: int) -> None:
+    path.write_text(json.dumps(value, indent=indent) + "\n")
+
+
+def _discard_interrupted(tmp: Path) -> None:
+    """`restart=true`: drop an interrupted merge's temporary directory, only if it is one."""
+    if tmp.exists():
+        if not (tmp / journal.JOURNAL).is_file():
+            raise MergeError(
+                f"{tmp} holds no merge journal ({journal.JOURNAL}); restart=true removes only a merge's own"
+            )
+        shutil.rmtree(tmp)
+
+
+def _publish(tmp: Path, output: Path) -> None:
+    """Rename the finished `tmp` to `output`; a previous merge's output (checked by
+    `check_output`) is moved aside first and removed once the new one is in place."""
+    old = output.with_name(f"{output.name}.merge-old")
+    if output.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(output, old)
+    os.replace(tmp, output)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _stream(
@@ -202,50 +325,65 @@ def _stream(
     experts: Sequence[CheckpointReader],
     out: Path,
     device: torch.device,
-    seconds: Counter[str],
+    seconds: dict[str, float],
     progress: ProgressFactory,
+    done: journal.Progress,
+    record: journal.Journal,
 ) -> tuple[list[dict[str, Any]], int, int]:
-    """Merge and write every tensor; returns the treatment report and the bytes read and written.
+    """Merge and write every tensor after those `done` holds; returns the treatment report (all
+    tensors) and the bytes read and written by this run.
 
     `seconds` gains `read` (mapping the inputs; with a cold page cache, the maths then waits on
     the disk), `compute` and `write_wait` (time blocked on a full output buffer; the rest of the
-    writing overlaps reading and maths)."""
+    writing overlaps reading and maths). Each finished shard goes to the journal `record`, with
+    the report entries of the plan items it completes."""
     merge_fn = functools.partial(METHODS[cfg.method], params=cfg.params())
     elementwise = cfg.method in ELEMENTWISE
-    layout = {item.name: (item.info.dtype, item.info.shape) for item in plan.items}
-    writer = ShardWriter(out, plan.shards, layout, cfg.buffer_mb << 20)
-    report, bytes_read = [], 0
+    position = {item.name: i for i, item in enumerate(plan.items)}
+    ends = [position[shard[-1]] + 1 for shard in plan.shards]  # plan items through each shard
+    files = _shard_files(plan)
+    report, bytes_read = list(done.report), 0
+
+    def shard_done(i: int) -> None:  # the writer thread; the entries were appended before the add
+        begin = ends[i - 1] if i else 0
+        record.shard_done(
+            {"file": files[i][0], "bytes": files[i][1], "items": ends[i], "report": report[begin : ends[i]]}
+        )
+
+    writer = ShardWriter(out, plan.shards, _layout(plan), cfg.buffer_mb << 20, done.shards, shard_done)
     bar = progress(total=len(plan.items), desc=f"merge ({cfg.method})", unit="tensor")
+    bar.update(done.items)
     try:
-        for item in plan.items:
+        for item in plan.items[done.items :]:
             treatment = item.assignment.treatment
-            tick = started = time.perf_counter()
-            stored, *inputs = [reader.read(item.name) for reader in _readers(item, base, experts)] or [None]
+            spent: dict[str, float] = {}
+            with timed(spent, "read"):
+                stored, *inputs = [reader.read(item.name) for reader in _readers(item, base, experts)] or [None]
             bytes_read += item.info.nbytes * (len(inputs) + (stored is not None))
-            seconds["read"] += (tock := time.perf_counter()) - tick
-            try:
+            with timed(spent, "compute"):
                 block = CPU_BLOCK if device.type == "cpu" and (treatment == "mean" or elementwise) else None
-                result, used = (
-                    merge_tensor(stored, inputs, treatment, merge_fn, device, block)
-                    if stored is not None
-                    else (None, [])
-                )
-            except ValueError as err:
-                raise MergeError(f"tensor {item.name!r} ({treatment}, {cfg.method}): {err}") from None
-            if result is not None and result is stored:
-                # The base itself, mapped from its file: a copy for the writer's queue frees the
-                # mapping (and the file descriptor each mapping holds) now.
-                result = result.clone()
-            del stored, inputs
-            seconds["compute"] += (tick := time.perf_counter()) - tock
-            if result is not None:
-                writer.add(item.name, result)
-            seconds["write_wait"] += time.perf_counter() - tick
-            report.append(_report_entry(item, [experts[k].name for k in used], time.perf_counter() - started))
+                try:
+                    result, used = (
+                        merge_tensor(stored, inputs, treatment, merge_fn, device, block)
+                        if stored is not None
+                        else (None, [])
+                    )
+                except ValueError as err:
+                    raise MergeError(f"tensor {item.name!r} ({treatment}, {cfg.method}): {err}") from None
+                if result is not None and result is stored:
+                    # The base itself, mapped from its file: a copy for the writer's queue frees the
+                    # mapping (and the file descriptor each mapping holds) now.
+                    result = result.clone()
+                del stored, inputs
+            report.append(_report_entry(item, [experts[k].name for k in used], sum(spent.values())))
+            with timed(spent, "write_wait"):
+                if result is not None:
+                    writer.add(item.name, result)
+            for phase, value in spent.items():
+                seconds[phase] = seconds.get(phase, 0.0) + value
             bar.update(1)
-        tick = time.perf_counter()
-        writer.finish()
-        seconds["write_wait"] += time.perf_counter() - tick
+        with timed(seconds, "write_wait"):
+            writer.finish()
     finally:
         writer.close()
         bar.close()
@@ -274,15 +412,27 @@ def _report_entry(item: PlanItem, used: list[str], seconds: float) -> dict[str, 
     return entry
 
 
+def _describe_inputs(
+    sources: Sequence[Source], readers: Sequence[CheckpointReader], hashed: bool
+) -> list[dict[str, Any]]:
+    return [_describe_input(source, reader, hashed) for source, reader in zip(sources, readers, strict=True)]
+
+
 def _describe_input(source: Source, reader: CheckpointReader, hashed: bool) -> dict[str, Any]:
-    """Path and (when `hashed`) sha256 of each weight file, plus one digest over them."""
+    """Path and (when `hashed`) sha256 of each weight file, plus one digest over them; and each
+    file's `identity` for resuming: size and sha256 when hashed, else size and modification time
+    (changed by any rewrite, so a cheap check when hashing is off)."""
     index = reader.dir / INDEX
     files = [*reader.weight_files, index] if index.is_file() else reader.weight_files
     entry: dict[str, Any] = {"name": source.name, "path": str(source.model_dir.resolve())}
+    stats = {path.name: path.stat() for path in files}
     if hashed:
         digests = {path.name: sha256(path) for path in files}
         entry["files"] = digests
         entry["sha256"] = _digest_of(digests)
+        entry["identity"] = {name: {"size": stats[name].st_size, "sha256": digests[name]} for name in stats}
+    else:
+        entry["identity"] = {name: {"size": st.st_size, "mtime_ns": st.st_mtime_ns} for name, st in stats.items()}
     return entry
 
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import struct
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +27,8 @@ from typing import BinaryIO
 import torch
 
 from tiny_r1v.merge.errors import MergeError
+from tiny_r1v.trainer.checkpoint import WEIGHTS_INDEX as INDEX
 
-INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 # Copied from the base next to the merged weights: everything transformers' and vLLM's loaders
 # and the processor read besides the weights.
@@ -77,21 +77,37 @@ class TensorInfo:
 
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
-    """Tensors of one safetensors file, in file order."""
+    """Tensors of one safetensors file, in file order. MergeError naming the file (and tensor)
+    when the header does not parse or a tensor's bytes lie beyond the end of the file, so a
+    truncated shard is found before the merge starts, not halfway through it."""
+    file_size = path.stat().st_size
     with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
+        raw_size = f.read(8)
+        size = struct.unpack("<Q", raw_size)[0] if len(raw_size) == 8 else None
+        if size is None or 8 + size > file_size:
+            raise MergeError(f"{path}: truncated safetensors file ({file_size} bytes, too short for its header)")
+        try:
+            header = json.loads(f.read(size))
+            header.pop("__metadata__", None)
+            entries = sorted(
+                ((name, meta["dtype"], tuple(meta["shape"]), *meta["data_offsets"]) for name, meta in header.items()),
+                key=lambda entry: entry[3],
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise MergeError(f"{path}: unreadable safetensors header ({type(err).__name__}: {err})") from None
     out = {}
-    for name, meta in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-        begin, end = meta["data_offsets"]
-        if meta["dtype"] not in _DTYPES:
-            raise MergeError(f"{path}: tensor {name!r} has unsupported dtype {meta['dtype']}")
-        info = TensorInfo(_DTYPES[meta["dtype"]], tuple(meta["shape"]), path, 8 + size + begin, end - begin)
+    for name, dtype, shape, begin, end in entries:
+        if dtype not in _DTYPES:
+            raise MergeError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        info = TensorInfo(_DTYPES[dtype], shape, path, 8 + size + begin, end - begin)
         if info.nbytes != info.dtype.itemsize * math.prod(info.shape):
             raise MergeError(
-                f"{path}: tensor {name!r} ({meta['dtype']} {list(info.shape)}) has "
+                f"{path}: tensor {name!r} ({dtype} {list(info.shape)}) has "
                 f"{info.nbytes} bytes, not {info.dtype.itemsize * math.prod(info.shape)}"
+            )
+        if info.start + info.nbytes > file_size:
+            raise MergeError(
+                f"{path}: truncated: tensor {name!r} ends at byte {info.start + info.nbytes}, the file has {file_size}"
             )
         out[name] = info
     return out
@@ -169,17 +185,34 @@ def shard_name(i: int, n: int) -> str:
     return f"model-{i + 1:05d}-of-{n:05d}.safetensors"
 
 
+def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    return dtype.itemsize * math.prod(shape)
+
+
 def _header(layout: Sequence[tuple[str, torch.dtype, tuple[int, ...]]]) -> bytes:
     """A safetensors header for tensors stored back to back in `layout` order."""
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, dtype, shape in layout:
-        nbytes = dtype.itemsize * math.prod(shape)
+        nbytes = _nbytes(dtype, shape)
         header[name] = {"dtype": _NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
     return struct.pack("<Q", len(raw)) + raw
+
+
+def shard_files(
+    shards: Sequence[Sequence[str]], layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
+) -> list[tuple[str, int]]:
+    """(file name, bytes once complete) of each planned shard, as `ShardWriter` writes them."""
+    return [
+        (
+            shard_name(i, len(shards)),
+            len(_header([(name, *layout[name]) for name in shard])) + sum(_nbytes(*layout[name]) for name in shard),
+        )
+        for i, shard in enumerate(shards)
+    ]
 
 
 class ShardWriter:
@@ -188,6 +221,10 @@ class ShardWriter:
     Each shard's header is laid out up front from `layout` (name -> dtype, shape), so tensors are
     appended as they come, by one background thread: writing overlaps the merge. Tensors not yet
     on disk (the output buffer) are held up to `buffer_bytes`, or one tensor if it is bigger.
+
+    `start_shard`: the shards before it are on disk already (a resumed merge); tensors start with
+    the first of shard `start_shard`. `on_shard_done(i)` runs in the writer thread once shard i is
+    on disk (flushed and fsynced), before the next one is opened.
     """
 
     def __init__(
@@ -196,21 +233,26 @@ class ShardWriter:
         shards: Sequence[Sequence[str]],
         layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
         buffer_bytes: int,
+        start_shard: int = 0,
+        on_shard_done: Callable[[int], None] | None = None,
     ) -> None:
         self.dir = out_dir
         self.weight_map = {name: shard_name(i, len(shards)) for i, shard in enumerate(shards) for name in shard}
         self.total_bytes = 0
-        self._order = [name for shard in shards for name in shard]
+        self._order = [name for shard in shards[start_shard:] for name in shard]
         self._layout = layout
         self._headers = [_header([(name, *layout[name]) for name in shard]) for shard in shards]
+        # Tensor bytes of the shards on disk already count as written (the index's total size).
+        self.total_bytes = sum(_nbytes(*layout[name]) for shard in shards[:start_shard] for name in shard)
         self._last = {shard[-1] for shard in shards}
+        self._on_shard_done = on_shard_done
         self._buffer_bytes = buffer_bytes
         self._pending: deque[tuple[Future, int]] = deque()
         self._pending_bytes = 0
         self._count = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
         self._file: BinaryIO | None = None
-        self._shard = 0
+        self._shard = start_shard
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Queue `tensor` (CPU, the layout's dtype and shape); blocks while the buffer is full."""
@@ -237,8 +279,12 @@ class ShardWriter:
             self._file.write(self._headers[self._shard])
         self._file.write(memoryview(data.numpy()))
         if name in self._last:
+            self._file.flush()
+            os.fsync(self._file.fileno())  # on disk before a journal may count it as done
             self._file.close()
             self._file = None
+            if self._on_shard_done is not None:
+                self._on_shard_done(self._shard)
             self._shard += 1
 
     def finish(self) -> None:

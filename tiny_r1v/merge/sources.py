@@ -1,8 +1,10 @@
 """Where the merge's inputs are: expert names or paths -> model directories.
 
-A name resolves through `MergeConfig.experts`; anything else is taken as a path. A path is either
-a model directory (it has `config.json`) or a training run directory, whose checkpoint is the
-model inside `checkpoints/step-N/` (the layout of `tiny_r1v.trainer.checkpoint`).
+A name resolves through `MergeConfig.experts`; anything else is taken as a path. What a path
+may be (a model directory, or a training run directory whose checkpoint's model is meant) is
+`tiny_r1v.trainer.checkpoint.resolve_model_dir`'s to say. Experts are told apart by the model
+directory they resolve to, so one checkpoint given twice (a run and its checkpoint's model, or
+two names) is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from tiny_r1v.merge.config import MergeConfig
 from tiny_r1v.merge.errors import MergeError
-from tiny_r1v.trainer.checkpoint import checkpoint_root, complete_checkpoints
+from tiny_r1v.trainer.checkpoint import CheckpointError, resolve_model_dir
 
 
 @dataclass(frozen=True)
@@ -24,24 +26,15 @@ class Source:
     """`base`, or the expert's name (a path's directory name when given as a path)."""
     model_dir: Path
     """Absolute: an actor's working directory is not the driver's."""
+    given: Path
+    """The directory as the user gave it (a run directory, or the model directory itself)."""
 
 
-def model_dir(path: Path, step: int | None, who: str) -> Path:
-    """The model directory `path` stands for (see the module docstring)."""
-    if (path / "config.json").is_file():
-        if step is not None:
-            raise MergeError(f"{who}: {path} is a model directory, so step {step} cannot apply")
-        return path.resolve()
-    found = complete_checkpoints(checkpoint_root(path))
-    if step is not None:
-        found = [ckpt for ckpt in found if ckpt.name == f"step-{step:06d}"]
-    if not found:
-        wanted = f"complete checkpoint step {step}" if step is not None else "complete checkpoint"
-        raise MergeError(
-            f"{who}: {path} is neither a model directory (no config.json) nor a run "
-            f"directory with a {wanted} under checkpoints/"
-        )
-    return (found[-1] / "model").resolve()
+def _source(name: str, path: Path, step: int | None, who: str) -> Source:
+    try:
+        return Source(name, resolve_model_dir(path, step, who), path.absolute())
+    except CheckpointError as err:
+        raise MergeError(str(err)) from None
 
 
 def resolve(cfg: MergeConfig, experts: Sequence[str]) -> tuple[Source, list[Source]]:
@@ -53,15 +46,22 @@ def resolve(cfg: MergeConfig, experts: Sequence[str]) -> tuple[Source, list[Sour
     sources = []
     for item in chosen:
         if item in known:
-            sources.append(Source(item, model_dir(Path(known[item].path), known[item].step, f"expert {item!r}")))
+            sources.append(_source(item, Path(known[item].path), known[item].step, f"expert {item!r}"))
         elif Path(item).is_dir():
-            sources.append(Source(Path(item).name, model_dir(Path(item), None, f"expert {item!r}")))
+            sources.append(_source(Path(item).name, Path(item), None, f"expert {item!r}"))
         else:
             raise MergeError(
                 f"expert {item!r} is neither a name in the config ({', '.join(known) or 'none'}) nor a directory"
             )
-    names = [source.name for source in sources]
-    for name in names:
-        if names.count(name) > 1:
-            raise MergeError(f"expert {name!r} is given twice")
-    return Source("base", model_dir(Path(cfg.base), None, "base")), sources
+    for i, source in enumerate(sources):
+        for earlier_item, earlier in zip(chosen, sources[:i], strict=False):
+            if earlier.model_dir == source.model_dir:
+                raise MergeError(
+                    f"experts {earlier_item!r} and {chosen[i]!r} are the same checkpoint ({source.model_dir})"
+                )
+            if earlier.name == source.name:
+                raise MergeError(
+                    f"experts {earlier_item!r} and {chosen[i]!r} are both named {source.name!r}: "
+                    "list them in the config's `experts` under names of their own"
+                )
+    return _source("base", Path(cfg.base), None, "base"), sources

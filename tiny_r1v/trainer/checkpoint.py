@@ -1,10 +1,14 @@
-"""Checkpoint directories: written under a temporary name, renamed when complete, last K kept.
+"""Checkpoint directories: written under a temporary name, renamed when complete, last K kept;
+and the one place that says what a model directory or a run's checkpoint must hold (training,
+the merge and evaluation all find their inputs through `resolve_model_dir`).
 
 Layout of ``<run>/checkpoints/step-000042/``: ``model/`` (Hugging Face safetensors checkpoint
 with processor files: loads in transformers and vLLM), ``optim/rank-<r>.safetensors`` (each
 learner rank's optimizer shard) and ``trainer_state.json`` (step, weight version, the settings
-that fix the data order), written last and deleted first. A directory without the state file, or
-still named ``*.tmp``, is incomplete and never resumed from.
+that fix the data order), written last and deleted first. A checkpoint counts as complete only
+when all three are there (see `checkpoint_problems`): one still named ``*.tmp``, one whose
+deletion was cut short, or one whose files were lost since is never resumed from, merged or
+evaluated; the newest complete one is.
 """
 
 from __future__ import annotations
@@ -19,9 +23,15 @@ from pathlib import Path
 from tiny_r1v.config.train import TrainConfig
 
 _NAME = re.compile(r"^step-(\d+)$")
+_RANK = re.compile(r"^rank-(\d+)\.safetensors$")
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 """The run's metrics, one JSON row per training step or validation, in the run directory."""
+MODEL_DIR = "model"
+OPTIM_DIR = "optim"
+MODEL_CONFIG = "config.json"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+"""Index of a sharded safetensors model: ``weight_map`` names each tensor's shard file."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,11 @@ class ExistingRunError(ValueError):
     """A new run would write into the checkpoints of an earlier one."""
 
 
+class CheckpointError(ValueError):
+    """A directory given as a model or a run holds no usable model; the message names the
+    directory and what it lacks."""
+
+
 def order_of(cfg: TrainConfig, dataset_size: int) -> dict[str, int | bool]:
     """The settings a resumed run must share with the interrupted one (see ``TrainerState.order``)."""
     return {
@@ -51,6 +66,8 @@ def order_of(cfg: TrainConfig, dataset_size: int) -> dict[str, int | bool]:
         "trainer.rollout_batch_size": cfg.trainer.rollout_batch_size,
         "rollout.seed": cfg.rollout.seed,
         "rollout.n": cfg.rollout.n,
+        # Each learner rank resumes its own optimizer shard.
+        "learner.num_workers": cfg.learner.num_workers,
     }
 
 
@@ -123,14 +140,19 @@ def staging_dir(run_dir: Path, step: int) -> Path:
 
 
 def publish(staging: Path, state: TrainerState, keep: int) -> Path:
-    """Write the state file, rename the staging directory to its final name, keep the last ``keep``."""
+    """Write the state file, rename the staging directory to its final name, keep the last ``keep``
+    complete checkpoints (and remove any damaged one older than them)."""
     (staging / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
     final = staging.with_name(staging.name.removesuffix(".tmp"))
     if final.exists():  # the same step saved by an earlier, interrupted attempt
         _remove(final)
     os.replace(staging, final)
-    for old in complete_checkpoints(staging.parent)[:-keep]:
-        _remove(old)
+    complete = complete_checkpoints(staging.parent)
+    if len(complete) > keep:
+        oldest_kept = _step(complete[-keep])
+        for old in _published(staging.parent):
+            if _step(old) < oldest_kept:
+                _remove(old)
     return final
 
 
@@ -140,12 +162,104 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def complete_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoint directories, oldest first."""
+def _published(root: Path) -> list[Path]:
+    """Checkpoint directories with their final name and a state file, oldest first (what the
+    last-K rule counts and removes, complete or damaged)."""
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+    return sorted(found, key=_step)
+
+
+def _step(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint directories (no `checkpoint_problems`), oldest first."""
+    return [path for path in _published(root) if not checkpoint_problems(path)]
+
+
+def model_problems(model: Path) -> list[str]:
+    """What model directory `model` lacks to load (empty: nothing): its config.json, and its
+    weights: a ``*.safetensors`` file, or an index whose listed shard files all exist."""
+    problems = [] if (model / MODEL_CONFIG).is_file() else [f"no {MODEL_CONFIG}"]
+    index = model / WEIGHTS_INDEX
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            return [*problems, f"{WEIGHTS_INDEX} has no readable weight_map ({type(err).__name__}: {err})"]
+        missing = [shard for shard in shards if not (model / shard).is_file()]
+        if missing:
+            problems.append(f"shard files listed in {WEIGHTS_INDEX} are missing: {', '.join(missing)}")
+    elif not any(model.glob("*.safetensors")):
+        problems.append(f"no weights (no *.safetensors file, no {WEIGHTS_INDEX})")
+    return problems
+
+
+def checkpoint_problems(path: Path) -> list[str]:
+    """What checkpoint directory `path` lacks to count as complete (empty: nothing): the model,
+    a parsable state file, and the optimizer shard of every learner rank the state names (of
+    ranks 0..R-1 with none missing in between, for a state that names none)."""
+    problems = [f"{MODEL_DIR}/: {problem}" for problem in model_problems(path / MODEL_DIR)]
+    state: object = None
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        if not isinstance(state, dict):
+            problems.append(f"{STATE_FILE} is not a JSON object")
+    except OSError:
+        problems.append(f"no {STATE_FILE}")
+    except ValueError as err:
+        problems.append(f"{STATE_FILE} does not parse ({err})")
+    order = state.get("order") if isinstance(state, dict) else None
+    ranks_saved = order.get("learner.num_workers") if isinstance(order, dict) else None
+    optim = path / OPTIM_DIR
+    ranks = sorted(int(m.group(1)) for p in optim.glob("rank-*") if (m := _RANK.match(p.name)) and p.is_file())
+    if not ranks and ranks_saved is None:
+        problems.append(f"no optimizer shard ({OPTIM_DIR}/rank-<r>.safetensors)")
+    else:
+        expected = ranks_saved if isinstance(ranks_saved, int) else ranks[-1] + 1
+        problems += [f"no {OPTIM_DIR}/rank-{rank}.safetensors" for rank in sorted(set(range(expected)) - set(ranks))]
+    return problems
+
+
+def is_model_dir(path: Path) -> bool:
+    """Whether `path` is meant as a model directory (a config or weights of its own), as opposed
+    to a run directory."""
+    return (path / MODEL_CONFIG).is_file() or (path / WEIGHTS_INDEX).is_file() or any(path.glob("*.safetensors"))
+
+
+def resolve_model_dir(path: Path, step: int | None, who: str) -> Path:
+    """The absolute model directory `path` stands for: `path` itself when it is a model directory
+    (which must then be complete), else the model of the run directory's newest complete
+    checkpoint, or of checkpoint `step`. CheckpointError naming `who`, the directory and what
+    is missing otherwise."""
+    if not path.is_dir():
+        raise CheckpointError(f"{who}: no such directory {path}")
+    if is_model_dir(path):
+        if step is not None:
+            raise CheckpointError(f"{who}: {path} is a model directory, so step {step} cannot apply")
+        problems = model_problems(path)
+        if problems:
+            raise CheckpointError(f"{who}: model directory {path} is incomplete: {'; '.join(problems)}")
+        return path.resolve()
+    root = checkpoint_root(path)
+    found = complete_checkpoints(root)
+    if step is not None:
+        found = [ckpt for ckpt in found if ckpt.name == f"step-{step:06d}"]
+    if not found:
+        wanted = f"complete checkpoint step {step}" if step is not None else "complete checkpoint"
+        broken = [
+            f"{ckpt.name}: {'; '.join(problems)}"
+            for ckpt in _published(root)
+            if (step is None or ckpt.name == f"step-{step:06d}") and (problems := checkpoint_problems(ckpt))
+        ]
+        raise CheckpointError(
+            f"{who}: {path} is neither a model directory (no {MODEL_CONFIG}, no weights) nor a run "
+            f"directory with a {wanted} under checkpoints/" + "".join(f"\n  {line}" for line in broken)
+        )
+    return (found[-1] / MODEL_DIR).resolve()
 
 
 def latest(run_dir: Path) -> tuple[Path, TrainerState] | None:
