@@ -33,7 +33,8 @@ become multiples of 28 and the pixel count lands within the configured
 ``[min_pixels, max_pixels]``, aspect ratio kept.
 
 The converters (``python -m tiny_r1v.data.convert --help``) write this format as
-``<out>/<split>.jsonl`` plus PNG files under ``<out>/images/``.
+``<out>/<split>.jsonl`` plus PNG files under ``<out>/images/``; they refuse to replace an
+existing split file or image unless given ``--overwrite``.
 """
 
 from tiny_r1v.data.dataset import (
