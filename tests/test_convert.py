@@ -324,3 +324,15 @@ def test_an_input_is_never_an_output(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = _refused(["chartqa", "--out", str(out), "--input", str(source), "--overwrite"], capsys)
     assert f"{source}: is an input of this conversion" in err
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize(("name", "content"), [("missing.parquet", None), ("text.parquet", b"not parquet\n")])
+def test_unreadable_input_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: bytes | None
+) -> None:
+    source = tmp_path / name
+    if content is not None:
+        source.write_bytes(content)
+    err = _refused(["chartqa", "--out", str(tmp_path / "out"), "--input", str(source)], capsys)
+    assert f"error: {source}: cannot read as Parquet: " in err
+    assert not (tmp_path / "out" / "train.jsonl").exists()
