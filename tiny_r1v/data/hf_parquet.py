@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tiny_r1v.data.writer import DatasetWriter, sample_indices
+from tiny_r1v.data.writer import DatasetWriter, OutputExistsError, sample_indices
 from tiny_r1v.tasks import Task
 
 
@@ -97,6 +97,8 @@ def convert_parquet(
                 writer.image(f"{uid}-{i}", data)
                 for i, data in enumerate(_images(record[mapping["images"]], where["images"]))
             ]
+        except OutputExistsError:  # an OSError too, but about our output, not the source
+            raise
         except OSError as error:  # PIL cannot decode the bytes
             raise ConvertError(f"{where['images']}: {error}") from error
         writer.row(uid=uid, task=layout.task, question=question, answer=answer, images=images)
