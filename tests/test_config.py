@@ -317,23 +317,80 @@ def test_override_through_scalar_is_rejected(tmp_path):
         load_config(TrainConfig, path, [*REQUIRED, "rollout.n=4"])
 
 
+# Problems of the file as a whole: the message is relative to the file, which the caller names.
+
+
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
+    with pytest.raises(ConfigError, match=r"^config file not found$"):
         load_config(TrainConfig, missing, REQUIRED)
 
 
-def test_invalid_yaml_file(tmp_path):
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "rollout: [n: 3\n",
+            "invalid YAML: line 2, column 1: expected ',' or ']', but got '<stream end>' "
+            "(while parsing a flow sequence at line 1, column 10)",
+        ),
+        (
+            "rollout:\n  n: 3\n   temperature: 1\n",
+            "invalid YAML: line 3, column 15: mapping values are not allowed here",
+        ),
+        (
+            "model:\n  path: m\x00\n",
+            "invalid YAML: character 17: unacceptable character #x0000 (special characters are not allowed)",
+        ),
+    ],
+)
+def test_invalid_yaml_file_gives_line_and_column_once(tmp_path, text, message):
     path = tmp_path / "broken.yaml"
-    path.write_text("rollout: [n: 3\n")
-    with pytest.raises(ConfigError, match=r"broken\.yaml: invalid YAML"):
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, path, REQUIRED)
+    assert str(err.value) == message
+
+
+def test_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model:\n  path: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"^cannot read: 'utf-8' codec can't decode byte 0xe9"):
         load_config(TrainConfig, path, REQUIRED)
 
 
 def test_file_must_be_a_mapping(tmp_path):
     path = write_yaml(tmp_path, [1, 2])
-    with pytest.raises(ConfigError, match=r"config\.yaml: top level must be a mapping"):
+    with pytest.raises(ConfigError, match=r"^top level must be a mapping, got list \[1, 2\]$"):
         load_config(TrainConfig, path, REQUIRED)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("learner.lr=.inf", "learner.lr"),
+        ("learner.lr=-.inf", "learner.lr"),
+        ("learner.lr=.nan", "learner.lr"),
+        ("learner.lr=1e400", "learner.lr"),  # overflows to inf
+        ("learner.lr=1" + "0" * 400, "learner.lr"),  # an int too large for a float
+        ("learner.betas=[0.9, .nan]", "learner.betas[1]"),
+        ("algorithm.lipo.xi=.inf", "algorithm.lipo.xi"),  # optional: `float | None`
+        ("rollout.top_p=.nan", "rollout.top_p"),
+    ],
+)
+def test_non_finite_floats_are_refused_at_type_check(override, key):
+    with pytest.raises(ConfigError) as err:
+        load(override)
+    assert [k for k, _ in err.value.errors] == [key]
+    assert "must be a finite number" in str(err.value)
+
+
+def test_non_finite_float_in_file_is_named_with_the_other_type_errors(tmp_path):
+    path = tmp_path / "inf.yaml"
+    path.write_text("learner:\n  lr: .inf\n  max_grad_norm: .nan\nrollout:\n  n: two\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, path, REQUIRED)
+    assert [key for key, _ in err.value.errors] == ["rollout.n", "learner.lr", "learner.max_grad_norm"]
 
 
 def test_empty_file_means_defaults(tmp_path):

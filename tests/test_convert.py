@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import snapshot
 from PIL import Image
 
 from tiny_r1v.data import load_examples
@@ -260,3 +261,78 @@ def test_reasoning_gym_renders_whole_questions_without_an_expression(tmp_path: P
     assert {row["question"] for row in rows} == {"Answer the question shown in the image."}
     assert all(any(char.isdigit() for char in row["answer"]) for row in rows)
     load_examples(tmp_path / "train.jsonl", task="math", **BOUNDS)
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The error output of a conversion that must exit with status 2."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_existing_split_is_refused_without_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    main(["digits", "--out", str(out), "--limit", "6"])
+    before = snapshot(out)
+
+    err = _refused(["digits", "--out", str(out), "--limit", "3", "--seed", "1"], capsys)
+    assert f"{out / 'train.jsonl'}: exists; pass --overwrite" in err
+    assert snapshot(out) == before
+
+
+def test_existing_image_with_other_bytes_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    rows = _convert(out, "digit-sum", "--seed", "1")
+    (out / "train.jsonl").unlink()  # only the images of an earlier run are left
+    before = snapshot(out)
+
+    err = _refused(["digit-sum", "--out", str(out), "--limit", "4", "--seed", "2"], capsys)
+    assert f"{out / rows[0]['images'][0]}: exists; pass --overwrite" in err
+    assert snapshot(out) == before  # no split file, no temporary file, no image changed
+
+
+def test_identical_images_are_kept_so_a_split_can_be_rebuilt(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rows = _convert(out, "digits")
+    (out / "train.jsonl").unlink()
+    images = snapshot(out / "images")
+    assert _convert(out, "digits") == rows
+    assert snapshot(out / "images") == images
+
+
+def test_overwrite_replaces_the_split_and_its_images(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _convert(out, "digit-sum", "--seed", "1")
+    other = tmp_path / "other"
+    rows = _convert(other, "digit-sum", "--seed", "2")
+
+    assert _convert(out, "digit-sum", "--seed", "2", "--overwrite") == rows
+    assert _image_bytes(out, rows) == _image_bytes(other, rows)
+    assert not [path for path in out.rglob("*") if path.name.endswith(".partial")]
+
+
+def test_an_input_is_never_an_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    # A Parquet export that happens to sit where the converter writes its split file.
+    source = _parquet(
+        out / "train.jsonl",
+        {"image": (IMAGE, [_image(RED)]), "query": (pa.string(), ["How many?"]), "label": (pa.string(), ["1"])},
+    )
+    before = snapshot(out)
+    err = _refused(["chartqa", "--out", str(out), "--input", str(source), "--overwrite"], capsys)
+    assert f"{source}: is an input of this conversion" in err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize(("name", "content"), [("missing.parquet", None), ("text.parquet", b"not parquet\n")])
+def test_unreadable_input_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: bytes | None
+) -> None:
+    source = tmp_path / name
+    if content is not None:
+        source.write_bytes(content)
+    err = _refused(["chartqa", "--out", str(tmp_path / "out"), "--input", str(source)], capsys)
+    assert f"error: {source}: cannot read as Parquet: " in err
+    assert not (tmp_path / "out" / "train.jsonl").exists()

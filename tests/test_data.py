@@ -89,6 +89,8 @@ JSONL_ERRORS = [
     ("other task", _with(task="ocr"), "task", "differs from the configured 'vqa'"),
     ("invalid JSON", '{"question": "x",', None, "invalid JSON"),
     ("not an object", "[1, 2]", None, "expected a JSON object, got list"),
+    ("deeply nested array", "[" * 100_000 + "]" * 100_000, None, "invalid JSON: nested too deeply"),
+    ("deeply nested value", '{"question": ' + "[" * 100_000 + "]" * 100_000 + "}", None, "nested too deeply"),
     ("duplicate default id", _with(id="data-1"), "id", "duplicate id 'data-1'"),
 ]
 
@@ -110,6 +112,36 @@ def test_jsonl_error_names_file_row_and_column(
     assert first.startswith(location + ": "), first
     assert problem in first
     assert str(info.value).startswith(first)
+
+
+@pytest.mark.parametrize(
+    ("link", "target", "image"),
+    [
+        ("images/link.png", "outside.png", "images/link.png"),  # a file link
+        ("linked", "outside", "linked/red.png"),  # a directory link on the way
+    ],
+)
+def test_symlink_out_of_the_dataset_directory_is_refused(tmp_path: Path, link: str, target: str, image: str) -> None:
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside.png").write_bytes(_png())
+    (tmp_path / "outside" / "red.png").write_bytes(_png())
+    (data / link).symlink_to(tmp_path / target)
+    path = _write_jsonl(data / "data.jsonl", [_with(images=[image])])
+    with pytest.raises(DatasetError) as info:
+        load_examples(path, **BOUNDS)
+    assert info.value.errors == (
+        f"{path}, row 1, column 'images[0]': path {image!r} leads to {(data / image).resolve()}, "
+        f"outside the dataset directory {data.resolve()}",
+    )
+
+
+def test_symlink_inside_the_dataset_directory_is_followed(dataset_dir: Path) -> None:
+    (dataset_dir / "images" / "alias.png").symlink_to(dataset_dir / "images" / "red.png")
+    path = _write_jsonl(dataset_dir / "data.jsonl", [_with(images=["images/alias.png"])])
+    (example,) = load_examples(path, **BOUNDS)
+    assert example.load_images()[0].getpixel((0, 0)) == (200, 30, 30)
 
 
 def test_duplicate_ids_across_files_name_both_places(dataset_dir: Path) -> None:

@@ -39,9 +39,9 @@ REAL_ITEMS = [
 
 def scripted(request: ScoreRequest) -> Score:
     """Hang or raise when the response says so; otherwise score normally."""
-    if request.response == HANG:
+    if HANG in request.response:
         time.sleep(60)
-    if request.response == RAISE:
+    if RAISE in request.response:
         raise RuntimeError("scorer bug")
     return score_request(request)
 
@@ -68,7 +68,7 @@ def test_batch_equals_in_process_score() -> None:
     items = REAL_ITEMS * 3
     with ScorerPool(num_workers=2, timeout_s=10.0) as default_pool:
         results = default_pool.score_batch(items)
-        assert default_pool.stats == PoolStats(scored=len(items))
+        assert default_pool.stats == PoolStats()
     expected = [
         score(
             item.task,
@@ -103,19 +103,29 @@ def test_mixed_batch_keeps_order_and_counts(pool: ScorerPool) -> None:
     items = [_item(circle), _item(HANG), _item(square), _item(RAISE), _item(circle)]
     results = pool.score_batch(items)
     assert results == [Score(1.0, 1.0, 1.0), ZERO, Score(0.0, 1.0, 0.1), ZERO, Score(1.0, 1.0, 1.0)]
-    assert pool.stats == PoolStats(scored=3, timeouts=1, errors=1)
+    assert pool.stats == PoolStats(timeouts=1, errors=1)
+
+
+def test_failed_scoring_keeps_the_format_reward(pool: ScorerPool) -> None:
+    items = [
+        ScoreRequest("vqa", rf"<think>Stuck.</think> \boxed{{{HANG}}}", "circle"),
+        ScoreRequest("vqa", rf"<think>Bug.</think><answer>{RAISE}</answer>", "circle", "answer_tags", 0.5),
+        ScoreRequest("vqa", rf"{RAISE} \boxed{{circle}}", "circle"),  # no reasoning: format 0
+    ]
+    assert pool.score_batch(items) == [Score(0.0, 1.0, 0.1), Score(0.0, 1.0, 0.5), ZERO]
+    assert pool.stats == PoolStats(timeouts=1, errors=2)
 
 
 def test_pool_keeps_working_after_a_kill(pool: ScorerPool) -> None:
     pool.score_batch([_item(HANG), _item(HANG)])  # both workers killed and replaced
     results = pool.score_batch(REAL_ITEMS)
     assert results == [score_request(item) for item in REAL_ITEMS]
-    assert pool.stats == PoolStats(scored=len(REAL_ITEMS), timeouts=2)
+    assert pool.stats == PoolStats(timeouts=2)
 
 
 def test_reset_stats_returns_the_counts_and_zeroes_them(pool: ScorerPool) -> None:
     pool.score_batch([_item("x"), _item(RAISE)])
-    assert pool.reset_stats() == PoolStats(scored=1, errors=1)
+    assert pool.reset_stats() == PoolStats(errors=1)
     assert pool.stats == PoolStats()
 
 
@@ -128,18 +138,24 @@ def test_pool_recovers_when_an_idle_worker_dies() -> None:
         os.kill(worker.pid, signal.SIGKILL)
         time.sleep(1.0)  # let pebble notice
         assert pool.score_batch(REAL_ITEMS) == [score_request(item) for item in REAL_ITEMS]
-        assert pool.stats == PoolStats(scored=1 + len(REAL_ITEMS))
+        assert pool.stats == PoolStats()
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"task": "geometry"}, "unknown task"),
-        ({"prompt_format": "json"}, "prompt_format"),
-        ({"format_weight": 1.5}, "format_weight"),
+        ({"task": "geometry"}, ValueError, "unknown task 'geometry'"),
+        ({"task": None}, TypeError, "task must be a str, got NoneType"),
+        ({"response": None}, TypeError, "response must be a str, got NoneType"),
+        ({"ground_truth": 1}, TypeError, "ground_truth must be a str, got int"),
+        ({"prompt_format": "json"}, ValueError, "unknown prompt_format 'json'"),
+        ({"format_weight": 1.5}, ValueError, r"format_weight must be in \[0, 1\], got 1.5"),
+        ({"format_weight": float("nan")}, ValueError, r"format_weight must be in \[0, 1\], got nan"),
+        ({"format_weight": "0.1"}, TypeError, "format_weight must be a number, got str"),
+        ({"format_weight": True}, TypeError, "format_weight must be a number, got bool"),
     ],
 )
-def test_requests_are_checked_in_the_caller(kwargs: dict, message: str) -> None:
+def test_requests_are_checked_in_the_caller(kwargs: dict, error: type[Exception], message: str) -> None:
     fields = {"task": "math", "response": r"\boxed{1}", "ground_truth": "1", **kwargs}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=f"^{message}"):
         ScoreRequest(**fields)

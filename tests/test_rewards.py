@@ -6,6 +6,7 @@ The accuracy tables hold responses written the way models write them; each row i
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -309,6 +310,8 @@ def test_math_works_off_the_main_thread() -> None:
         (r"\boxed{\boxed{7}}", "boxed", r"\boxed{7}"),
         (r"\boxed{1} then \boxed{\frac{2", "boxed", "1"),
         (r"\boxed{\frac{2", "boxed", None),
+        (r"\boxed{ \boxed{7}", "boxed", "7"),  # an unclosed box around a closed one
+        (r"\boxed{3} \} \boxed{4", "boxed", "3"),
         (r"\boxed{}", "boxed", None),
         ("no answer here", "boxed", None),
         ("<answer>5</answer>", "boxed", None),
@@ -323,6 +326,14 @@ def test_math_works_off_the_main_thread() -> None:
 )
 def test_extract_answer(response: str, prompt_format: PromptFormat, expected: str | None) -> None:
     assert extract_answer(response, prompt_format) == expected
+
+
+def test_format_score_is_linear_in_unclosed_boxes() -> None:
+    """The pool computes the format reward in the trainer's process, without a timeout."""
+    response = "<think>Hmm.</think>" + r"\boxed{" * 20_000 + r"\boxed{1}"
+    start = time.perf_counter()
+    assert format_score(response, "boxed") == 1.0  # the last box closes; the others never do
+    assert time.perf_counter() - start < 1.0  # scanning from each box: minutes
 
 
 def test_extract_answer_rejects_unknown_format() -> None:

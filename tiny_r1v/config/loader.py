@@ -5,8 +5,12 @@ the top-level class's `validate()` runs, so its rules can rely on the types; `va
 returns the validated instance, resolved (through `dataclasses.replace`) where a field's
 default depends on other fields.
 
-Structural problems (unknown keys, wrong types, missing required keys) are all reported in one
-`ConfigError`; rule violations from `validate()` stop at the first.
+Structural problems (unknown keys, wrong types, non-finite floats, missing required keys) are all
+reported in one `ConfigError`; rule violations from `validate()` stop at the first.
+
+A ConfigError's messages are relative to the config file: dotted keys, or a line and column for
+a problem with the file itself. Callers name the file once, as the launchers do
+(``<config>: <error>``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -30,11 +35,14 @@ _SCALARS: dict[type, tuple[type, ...]] = {int: (int,), float: (int, float), str:
 
 
 class ConfigError(ValueError):
-    """A configuration that does not fit its schema; `errors` holds (dotted key, rule) pairs."""
+    """A configuration that does not fit its schema; `errors` holds (dotted key, rule) pairs.
+
+    The key is empty for a problem of the file as a whole (missing, unreadable, not YAML).
+    """
 
     def __init__(self, *errors: tuple[str, str]) -> None:
         self.errors = errors
-        super().__init__("\n".join(f"{key}: {rule}" for key, rule in errors))
+        super().__init__("\n".join(f"{key}: {rule}" if key else rule for key, rule in errors))
 
 
 def require(ok: bool, key: str, rule: str) -> None:
@@ -94,16 +102,38 @@ def _plain(value: Any) -> Any:
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError((str(path), "config file not found"))
+        raise ConfigError(("", "config file not found"))
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(("", f"cannot read: {err}")) from None
     except yaml.YAMLError as err:
-        raise ConfigError((str(path), f"invalid YAML: {err}")) from None
+        raise ConfigError(("", f"invalid YAML: {_yaml_problem(err)}")) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError((str(path), f"top level must be a mapping, got {_describe(data)}"))
+        raise ConfigError(("", f"top level must be a mapping, got {_describe(data)}"))
     return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error as one line with 1-based positions.
+
+    Its own text names the parsed stream ("<unicode string>" for text read beforehand) and
+    spreads over several lines.
+    """
+    if isinstance(err, yaml.reader.ReaderError):
+        return f"character {err.position + 1}: unacceptable character #x{err.character:04x} ({err.reason})"
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
+        return " ".join(str(err).split())
+    problem = f"{_position(err.problem_mark)}: {err.problem}"
+    if err.context and err.context_mark is not None and err.context_mark != err.problem_mark:
+        problem += f" ({err.context} at {_position(err.context_mark)})"
+    return problem
+
+
+def _position(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
 
 
 def _apply_override(raw: dict, override: str) -> None:
@@ -114,7 +144,7 @@ def _apply_override(raw: dict, override: str) -> None:
     try:
         value = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
-        raise ConfigError((key, f"cannot parse override value {text!r}: {err}")) from None
+        raise ConfigError((key, f"cannot parse override value {text!r}: {_yaml_problem(err)}")) from None
     node = raw
     for depth, part in enumerate(parts[:-1], start=1):
         node = node.setdefault(part, {})
@@ -174,12 +204,23 @@ def _coerce(value: Any, tp: Any, key: str, errors: list[tuple[str, str]]) -> Any
                 for i, (item, item_tp) in enumerate(zip(value, item_types, strict=True))
             )
     elif tp in _SCALARS:
-        if type(value) in _SCALARS[tp]:
+        if type(value) not in _SCALARS[tp]:
+            errors.append((key, f"expected {tp.__name__}, got {_describe(value)}"))
+        elif tp is float and not _finite(value):
+            # A rule such as `lr > 0` holds for inf, and every comparison with nan is False.
+            errors.append((key, f"must be a finite number, got {value}"))
+        else:
             return tp(value)
-        errors.append((key, f"expected {tp.__name__}, got {_describe(value)}"))
     else:
         raise TypeError(f"{key}: unsupported annotation {tp}")
     return None
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _unknown_key(name: str, known: list[str]) -> str:

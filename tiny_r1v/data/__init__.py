@@ -19,12 +19,14 @@ column         type          meaning
 An ``images`` entry is one of:
 
 - a **string**: always a file path, relative to the directory of the dataset file, that stays
-  inside it (no absolute paths, no ``..``), e.g. ``"images/train-17.png"``;
+  inside it (no absolute paths, no ``..``, no symbolic link that leads out of it), e.g.
+  ``"images/train-17.png"``;
 - **embedded bytes** of an encoded image (PNG, JPEG, ...), written as an object with the single
   key ``bytes``: ``{"bytes": "<base64>"}`` in JSONL (standard base64 alphabet, padded), a
   ``struct<bytes: binary>`` in Parquet. Parquet also accepts a plain ``binary`` element.
 
-Row numbers are 1-based: the line number in a JSONL file (blank lines count), the row index in a
+A JSONL row nested too deeply for the parser is an error of that row, like invalid JSON. Row
+numbers are 1-based: the line number in a JSONL file (blank lines count), the row index in a
 Parquet file. Unknown columns are errors, not ignored: a typo such as ``anwser`` must not
 silently drop the ground truth.
 
@@ -33,7 +35,8 @@ become multiples of 28 and the pixel count lands within the configured
 ``[min_pixels, max_pixels]``, aspect ratio kept.
 
 The converters (``python -m tiny_r1v.data.convert --help``) write this format as
-``<out>/<split>.jsonl`` plus PNG files under ``<out>/images/``.
+``<out>/<split>.jsonl`` plus PNG files under ``<out>/images/``; they refuse to replace an
+existing split file or image unless given ``--overwrite``.
 """
 
 from tiny_r1v.data.dataset import (

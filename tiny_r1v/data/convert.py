@@ -1,6 +1,6 @@
 """Command line: convert a source into our dataset format (see `tiny_r1v.data`).
 
-    python -m tiny_r1v.data.convert KIND --out DIR [--split train|test] [--limit N] [--seed S]
+    python -m tiny_r1v.data.convert KIND --out DIR [--split train|test] [--limit N] [--seed S] [--overwrite]
 
 writes ``DIR/<split>.jsonl`` and ``DIR/images/*.png``. Kinds:
 
@@ -11,6 +11,12 @@ writes ``DIR/<split>.jsonl`` and ``DIR/images/*.png``. Kinds:
 
 ``--limit N`` keeps N rows (drawn with ``--seed`` where the source has a fixed size); the output
 is a deterministic function of the arguments.
+
+An existing ``DIR/<split>.jsonl``, or an existing image with other bytes than the new one, stops
+the conversion (exit status 2, naming the file) and leaves DIR as it was, unless
+``--overwrite`` is given: then the split's rows and the images this conversion writes replace
+the old ones, each renamed into place once the whole split is written (images of the old rows
+that the new rows do not use stay). No output may be one of the ``--input`` files, flag or not.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass, field
 
 from tiny_r1v.data import offline
 from tiny_r1v.data.hf_parquet import LAYOUTS, ConvertError, ParquetLayout, convert_parquet
-from tiny_r1v.data.writer import DatasetWriter
+from tiny_r1v.data.writer import DatasetWriter, OutputExistsError
 
 Run = Callable[[DatasetWriter, argparse.Namespace], None]
 
@@ -62,8 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--split", choices=("train", "test"), default="train")
     common.add_argument("--limit", type=_positive_int, help="number of rows (default: all)")
     common.add_argument("--seed", type=int, default=0, help="seed of row choice and generation")
+    common.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing DIR/<split>.jsonl and the images this conversion writes",
+    )
 
-    parser = argparse.ArgumentParser(prog="python -m tiny_r1v.data.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tiny_r1v.data.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     for kind, layout in LAYOUTS.items():
@@ -97,11 +112,17 @@ def _offline_run(source: OfflineKind) -> Run:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with DatasetWriter(args.out, split=args.split, prefix=args.kind) as writer:
-        try:
+    try:
+        with DatasetWriter(
+            args.out,
+            split=args.split,
+            prefix=args.kind,
+            overwrite=args.overwrite,
+            inputs=getattr(args, "input", ()),
+        ) as writer:
             args.run(writer, args)
-        except ConvertError as error:
-            parser.exit(2, f"error: {error}\n")
+    except (ConvertError, OutputExistsError) as error:
+        parser.exit(2, f"error: {error}\n")
     print(f"wrote {writer.rows} rows to {writer.path}")
 
 

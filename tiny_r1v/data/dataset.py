@@ -244,6 +244,8 @@ def _read_jsonl(file: Path) -> Iterator[tuple[int, Any]]:
                 yield number, json.loads(line)
             except ValueError as error:  # invalid JSON, or bytes that are not UTF-8
                 yield number, error
+            except RecursionError:  # arrays or objects nested deeper than the parser's stack
+                yield number, ValueError("nested too deeply to parse")
 
 
 def _read_parquet(file: Path) -> Iterator[tuple[int, Any]]:
@@ -266,10 +268,15 @@ def _image_ref(value: Any, directory: Path) -> ImageRef:
     """Parse one `images` entry; ValueError saying why it is not a valid reference."""
     if isinstance(value, str):
         relative = PurePosixPath(value)
-        # Lexical check: a dataset must not reach files outside its own directory.
+        # A dataset must not reach files outside its own directory: neither by its text...
         if not value or relative.is_absolute() or ".." in relative.parts:
             raise ValueError(f"path {value!r} must be relative and stay inside the dataset directory")
-        return directory / relative
+        path = directory / relative
+        # ...nor through a symbolic link on the way.
+        target, root = path.resolve(), directory.resolve()
+        if not target.is_relative_to(root):
+            raise ValueError(f"path {value!r} leads to {target}, outside the dataset directory {root}")
+        return path
     if isinstance(value, bytes):  # Parquet binary
         return value
     if isinstance(value, dict) and value.keys() == {"bytes"}:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tiny_r1v.data.writer import DatasetWriter, sample_indices
+from tiny_r1v.data.writer import DatasetWriter, OutputExistsError, sample_indices
 from tiny_r1v.tasks import Task
 
 
@@ -80,9 +80,7 @@ def convert_parquet(
     With `limit`, that many rows are drawn with `seed` from all files together. Raises
     ConvertError for a missing column or a value that cannot be converted.
     """
-    import pyarrow.parquet as pq  # deferred: the offline converters do not need it
-
-    sources = [(Path(file), pq.ParquetFile(file)) for file in files]
+    sources = [(Path(file), _open_parquet(Path(file))) for file in files]
     columns = [_resolve_columns(layout, file, source.schema_arrow.names) for file, source in sources]
     total = sum(source.metadata.num_rows for _, source in sources)
     chosen = set(sample_indices(total, limit, seed))
@@ -99,9 +97,22 @@ def convert_parquet(
                 writer.image(f"{uid}-{i}", data)
                 for i, data in enumerate(_images(record[mapping["images"]], where["images"]))
             ]
+        except OutputExistsError:  # an OSError too, but about our output, not the source
+            raise
         except OSError as error:  # PIL cannot decode the bytes
             raise ConvertError(f"{where['images']}: {error}") from error
         writer.row(uid=uid, task=layout.task, question=question, answer=answer, images=images)
+
+
+def _open_parquet(file: Path) -> Any:
+    """The `pyarrow.parquet.ParquetFile` of `file`; ConvertError naming it if it cannot be read."""
+    import pyarrow  # deferred: the offline converters do not need it
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(file)
+    except (OSError, pyarrow.ArrowException) as error:  # missing, unreadable, or not Parquet
+        raise ConvertError(f"{file}: cannot read as Parquet: {error}") from None
 
 
 def _records(

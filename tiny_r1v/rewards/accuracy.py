@@ -243,6 +243,11 @@ class Score:
     total: float
     """``(1 - w_fmt) * accuracy + w_fmt * format``: the reward that training uses."""
 
+    @classmethod
+    def combine(cls, accuracy: float, fmt: float, format_weight: float) -> Score:
+        """The score of these rewards, with their total weighted as SPEC §1 says."""
+        return cls(accuracy, fmt, (1.0 - format_weight) * accuracy + format_weight * fmt)
+
 
 def score(
     task: str,
@@ -261,4 +266,4 @@ def score(
     """
     accuracy = get_accuracy(task)(extract_answer(response, prompt_format), ground_truth)
     fmt = format_score(response, prompt_format)
-    return Score(accuracy, fmt, (1.0 - format_weight) * accuracy + format_weight * fmt)
+    return Score.combine(accuracy, fmt, format_weight)

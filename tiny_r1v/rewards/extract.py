@@ -17,26 +17,28 @@ _THINK_FIRST = re.compile(r"\s*<think>(?P<think>.*?)</think>(?P<rest>.*)", re.DO
 _ANSWER_ONLY = re.compile(r"\s*<answer>.*?</answer>\s*", re.DOTALL)
 
 
-def _closing_brace(text: str, start: int) -> int | None:
-    """Index of the ``}`` closing a group whose ``{`` sits just before ``start``, or None.
+def _closing_braces(text: str) -> dict[int, int]:
+    """Index of each ``{`` -> index of the ``}`` that closes it, for the closed ones.
 
-    A backslash escapes the next character, so ``\\{`` and ``\\}`` (LaTeX set braces) do not count.
+    A backslash escapes the next character, so ``\\{`` and ``\\}`` (LaTeX set braces) do not
+    count. One pass for the whole text: scanning from each ``\\boxed{`` on its own takes time
+    quadratic in the length of a response full of unclosed ones, and the format reward is
+    computed in the trainer's own process (see `tiny_r1v.rewards.pool`).
     """
-    depth = 1
-    i = start
+    closing: dict[int, int] = {}
+    open_braces: list[int] = []
+    i = 0
     while i < len(text):
         char = text[i]
         if char == "\\":
             i += 2
             continue
         if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return i
+            open_braces.append(i)
+        elif char == "}" and open_braces:
+            closing[open_braces.pop()] = i
         i += 1
-    return None
+    return closing
 
 
 def _boxed_contents(text: str) -> list[str]:
@@ -45,10 +47,11 @@ def _boxed_contents(text: str) -> list[str]:
     A ``\\boxed`` nested inside another is part of the outer one's content; an unclosed one (a
     response cut off by the length limit) is skipped.
     """
+    closing = _closing_braces(text)
     contents: list[str] = []
     search_from = 0
     while (match := _BOXED_OPEN.search(text, search_from)) is not None:
-        end = _closing_brace(text, match.end())
+        end = closing.get(match.end() - 1)
         if end is None:
             search_from = match.end()
             continue
@@ -60,7 +63,7 @@ def _boxed_contents(text: str) -> list[str]:
 def _unbox(text: str) -> str:
     """``text`` without a ``\\boxed{...}`` that wraps all of it."""
     match = _BOXED_OPEN.match(text)
-    if match is not None and _closing_brace(text, match.end()) == len(text) - 1:
+    if match is not None and _closing_braces(text).get(match.end() - 1) == len(text) - 1:
         return text[match.end() : -1]
     return text
 

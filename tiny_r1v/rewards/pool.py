@@ -1,19 +1,19 @@
 """A process pool that scores responses with a per-sample timeout (SPEC.md §1).
 
 A reward function that raises, or runs past its time limit (sympy can take minutes on an
-adversarial expression), yields reward 0 and is counted; it never hangs the training iteration.
-Each sample runs in a worker process of a ``pebble.ProcessPool``, which kills and replaces a
-worker whose task runs past the timeout. Workers are started once and reused across batches.
+adversarial expression), yields accuracy 0 and is counted; it never hangs the training
+iteration. The format reward does not depend on the scorer: it is a linear-time check of the
+response, computed in the caller's process for such a sample, so a well-formed answer whose
+grading failed keeps its format reward. Each sample runs in a worker process of a
+``pebble.ProcessPool``, which kills and replaces a worker whose task runs past the timeout.
+Workers are started once and reused across batches.
 
 Start method: ``forkserver``, with the scoring modules preloaded in the fork server. The parent
 may be a Ray actor with threads running, where ``fork`` is unsafe; ``spawn`` is safe but every
-new worker then pays the ~2-3 s import of math-verify/sympy, including each replacement for a
-worker killed on timeout. Forking from a server that has already imported them is cheap.
-Measured on the 2-core CPU machine with 2 workers: the first batch (which starts the workers;
-pebble starts them lazily) took 2.6 s with forkserver against 5.5 s with spawn, and the batch
-after two timeout kills 0.2 s against 4.8 s. (If the process's fork server was already started
-by someone else, the preload does not apply: workers then import on their own, correct but
-slower.)
+new worker then pays the import of math-verify/sympy, including each replacement for a worker
+killed on timeout, which forking from a server that has already imported them avoids (timings
+in docs/benchmarks.md, "Scorer pool"). If the process's fork server was already started by
+someone else, the preload does not apply: workers then import on their own, correct but slower.
 """
 
 from __future__ import annotations
@@ -27,12 +27,10 @@ import pebble
 
 from tiny_r1v.rewards import accuracy
 from tiny_r1v.rewards.accuracy import Score, get_accuracy, score
+from tiny_r1v.rewards.extract import format_score
 from tiny_r1v.tasks import PromptFormat, check_prompt_format
 
 logger = logging.getLogger(__name__)
-
-ZERO_SCORE = Score(0.0, 0.0, 0.0)
-"""What a sample that raised or timed out scores."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,11 @@ class ScoreRequest:
     format_weight: float = 0.1
 
     def __post_init__(self) -> None:
+        for name in ("task", "response", "ground_truth", "prompt_format"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
+        if isinstance(self.format_weight, bool) or not isinstance(self.format_weight, (int, float)):
+            raise TypeError(f"format_weight must be a number, got {type(self.format_weight).__name__}")
         get_accuracy(self.task)
         check_prompt_format(self.prompt_format)
         if not 0.0 <= self.format_weight <= 1.0:
@@ -64,12 +67,16 @@ def score_request(request: ScoreRequest) -> Score:
     )
 
 
+def unscored(request: ScoreRequest) -> Score:
+    """The score of a request whose scoring function raised or timed out: accuracy 0, the
+    response's own format reward, and their total."""
+    return Score.combine(0.0, format_score(request.response, request.prompt_format), request.format_weight)
+
+
 @dataclass
 class PoolStats:
-    """Counts of scored samples since the last reset."""
+    """Counts of samples whose scoring failed since the last reset."""
 
-    scored: int = 0
-    """Samples whose scoring function returned."""
     timeouts: int = 0
     """Samples killed at the per-sample timeout (scored 0)."""
     errors: int = 0
@@ -142,7 +149,7 @@ class ScorerPool:
         return self._pool
 
     def score_batch(self, items: Sequence[ScoreRequest]) -> list[Score]:
-        """Scores in the order of ``items``; a sample that raised or timed out scores 0."""
+        """Scores in the order of ``items``; a sample that raised or timed out scores `unscored`."""
         pool = self._live_pool()
         futures = [pool.schedule(self._fn, args=(item,), timeout=self.timeout_s) for item in items]
         batch = PoolStats()
@@ -150,14 +157,13 @@ class ScorerPool:
         for item, future in zip(items, futures, strict=True):
             try:
                 scores.append(future.result())
-                batch.scored += 1
             except TimeoutError:
                 logger.warning("scoring timed out (task %s)", item.task)
-                scores.append(ZERO_SCORE)
+                scores.append(unscored(item))
                 batch.timeouts += 1
             except Exception as error:  # the scorer's own error, or pebble.ProcessExpired
                 logger.warning("scoring failed (task %s): %r", item.task, error)
-                scores.append(ZERO_SCORE)
+                scores.append(unscored(item))
                 batch.errors += 1
         self.stats.add(batch)
         return scores
