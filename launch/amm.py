@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tiny_r1v.config import ConfigError, load_config
+from tiny_r1v.console import add_verbose_flag, ray_init_options, setup_driver
 from tiny_r1v.merge import MergeConfig, MergeError
 from tiny_r1v.merge.runner import check
 from tiny_r1v.merge.sources import resolve
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: configs/amm.yaml)")
     parser.add_argument("--method", help="merge method (overrides `method`)")
     parser.add_argument("--out", help="output directory (overrides `output`)")
+    add_verbose_flag(parser, "<output>.log")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config values")
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
@@ -85,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from tiny_r1v.merge.actor import run_on_ray
 
+    # The merge actor's own output is its progress bar (drawn here by Ray): only this process's
+    # and Ray's INFO lines are moved off the console.
+    setup_driver(Path(f"{cfg.output}.log"), args.verbose)
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), **ray_init_options())
     try:
         provenance = run_on_ray(cfg, base, experts)
     except MergeError as err:

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tiny_r1v.eval.runner import run_eval  # deferred: bad input stops before the reward stack loads
 
-    setup_driver(Path(cfg.output_dir) / "logs", cfg.verbose)
+    setup_driver(Path(cfg.output_dir) / "logs" / "driver.log", cfg.verbose)
     result = run_eval(cfg, models, benchmarks)
     print(result.files[0].read_text())
     print(

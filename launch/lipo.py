@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from tiny_r1v.trainer.driver import Driver
     from tiny_r1v.trainer.metrics import read_metrics, trend
 
-    setup_driver(checkpoint.log_dir(cfg), cfg.trainer.verbose)
+    setup_driver(checkpoint.log_dir(cfg) / "driver.log", cfg.trainer.verbose)
     ray.init(address=os.environ.get("RAY_ADDRESS"), **ray_init_options())
     driver = Driver(cfg, examples, val_examples, start)
     try:

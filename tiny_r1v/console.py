@@ -36,19 +36,33 @@ def add_verbose_flag(parser: argparse.ArgumentParser, logs: str) -> None:
     )
 
 
-def setup_driver(log_dir: Path, verbose: bool) -> None:
-    """The launcher's process: every record to ``log_dir/driver.log``; on the console our own
+def setup_driver(log_file: Path, verbose: bool) -> None:
+    """The launcher's process: every record to ``log_file`` (appended); on the console our own
     INFO lines and everyone's warnings and errors (everything with ``verbose``)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    to_file = logging.FileHandler(log_dir / "driver.log")
+    to_file = logging.FileHandler(log_file)
     to_file.setFormatter(_FORMAT)
     to_console = logging.StreamHandler(sys.stderr)
     to_console.setFormatter(_FORMAT)
     if not verbose:
         to_console.addFilter(lambda record: record.levelno >= logging.WARNING or record.name.startswith("tiny_r1v"))
-    root.handlers = [to_file, to_console]
+    _install(root, to_file, to_console)
+    # Ray gives its logger a console handler of its own at import; its records go through ours.
+    ray_logger = logging.getLogger("ray")
+    ray_logger.handlers, ray_logger.propagate = [], True
+
+
+def _install(root: logging.Logger, *handlers: logging.Handler) -> None:
+    """Replace the handlers an earlier call installed (a process may launch twice, as tests do)
+    and leave everyone else's, then route Python warnings through logging."""
+    for handler in [h for h in root.handlers if getattr(h, "tiny_r1v", False)]:
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        handler.tiny_r1v = True
+        root.addHandler(handler)
     logging.captureWarnings(True)
 
 
@@ -82,5 +96,5 @@ def quiet_actor(log_dir: Path, name: str, verbose: bool) -> None:
     to_console = logging.StreamHandler(console)
     to_console.setLevel(logging.WARNING)
     to_console.setFormatter(_FORMAT)
-    root.handlers = [to_file, to_console]
-    logging.captureWarnings(True)
+    root.handlers = []  # whatever Ray's worker set up wrote to the console
+    _install(root, to_file, to_console)
