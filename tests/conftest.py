@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from helpers import ROOT
 
 # Nothing may be downloaded: a hub lookup must fail at once instead of waiting on the network.
 # Set before anything imports huggingface_hub, which reads it at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 if TYPE_CHECKING:
     from vllm import LLM

@@ -4,7 +4,9 @@ on ``sys.path`` for its root ``conftest.py``)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -37,3 +39,22 @@ def stand_in_model(model_dir: Path) -> Path:
     (model_dir / "config.json").write_text("{}")
     save_file({}, model_dir / "model.safetensors")
     return model_dir
+
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository's root (configs/, launch/)."""
+
+
+def launcher(name: str) -> ModuleType:
+    """``launch/<name>.py`` as a module, loaded afresh (its ``main(argv) -> int`` runs in this
+    process)."""
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", ROOT / "launch" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def one_image_prompt(processor: object, question: str) -> str:
+    """A user turn of one image placeholder and ``question``, chat-templated for generation."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)

@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 import yaml
+from helpers import launcher
 from safetensors.torch import load_file, save_file
 
 from tiny_r1v.merge.synthetic import lm_shapes, write_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
 SHAPES = lm_shapes(layers=1, hidden=64, intermediate=128, kv_dim=32)
 BAD = "model.layers.0.mlp.up_proj.weight"
 
@@ -28,9 +25,7 @@ def test_non_finite_result_in_the_actor_is_one_line_and_status_1(tmp_path, ray_l
     config = tmp_path / "amm.yaml"
     config.write_text(yaml.safe_dump({"base": str(tmp_path / "base"), "device": "cpu", "method": "task_arithmetic"}))
 
-    spec = importlib.util.spec_from_file_location("launch_amm_actor_errors", ROOT / "launch" / "amm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = launcher("amm")
     out = tmp_path / "out"
     argv = ["--config", str(config), "--experts", f"{tmp_path / 'good'},{bad}", "--out", str(out)]
     assert module.main(argv) == 1

@@ -5,7 +5,6 @@ checks fails loudly instead of starting a cluster."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import sys
@@ -16,24 +15,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import snapshot
+from helpers import ROOT, launcher, snapshot
 from PIL import Image
 
 from tiny_r1v.data import convert
 from tiny_r1v.eval import runner as eval_runner
 from tiny_r1v.rewards import ScoreRequest
 
-ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 ROW = {"question": "What colour?", "answer": "red", "task": "vqa", "images": ["images/red.png"]}
 
 
 def _load_launcher(name: str) -> Callable[[list[str]], int]:
-    spec = importlib.util.spec_from_file_location(f"hostile_launch_{name}", ROOT / "launch" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return launcher(name).main
 
 
 @pytest.fixture
@@ -118,7 +112,11 @@ OVERRIDE_CASES = [
     ("-inf in a tuple", "learner.betas=[0.9, -.inf]", "learner.betas[1]: must be a finite number, got -inf"),
     ("broken rule", "rollout.n=1", "rollout.n: group size must be >= 2, got 1"),
     ("negative rate", "learner.lr=-1e-6", "learner.lr: must be > 0"),
-    ("not a choice", "algorithm.adv_estimator=ppo", "algorithm.adv_estimator: must be one of ['lipo', 'grpo']"),
+    (
+        "not a choice",
+        "algorithm.adv_estimator=ppo",
+        "algorithm.adv_estimator: must be one of ['grpo', 'dr_grpo', 'lipo',",
+    ),
     ("malformed override", "rollout.n", "override 'rollout.n': malformed, expected key.sub=value"),
     ("unparsable value", "data.val_files=[a,", "data.val_files: cannot parse override value '[a,': line 1"),
     ("through a scalar", "rollout.n.x=1", "rollout.n: expected a mapping, got int 4"),

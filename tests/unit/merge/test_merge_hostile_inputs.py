@@ -4,7 +4,6 @@ shards, a model without weights, a changed input under an interrupted merge, unk
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import fill_checkpoint, snapshot
+from helpers import fill_checkpoint, launcher, snapshot
 
 from tiny_r1v.config import load_config
 from tiny_r1v.merge import MergeConfig, merge
@@ -21,16 +20,12 @@ from tiny_r1v.merge.runner import staging_path
 from tiny_r1v.merge.sources import resolve
 from tiny_r1v.merge.synthetic import lm_shapes, write_checkpoint
 
-ROOT = Path(__file__).resolve().parents[3]
 SHAPES = lm_shapes(layers=2, hidden=64, intermediate=128, kv_dim=32)  # float32: about 0.4 MB
 STEP = "checkpoints/step-000030"
 
 
 def amm_main(argv: list[str]) -> int:
-    spec = importlib.util.spec_from_file_location("launch_amm_hostile", ROOT / "launch" / "amm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    return launcher("amm").main(argv)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ re-runs without an engine.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import statistics
@@ -19,20 +18,20 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
-from helpers import fill_checkpoint
+import torch
+from helpers import ROOT, fill_checkpoint, launcher
 from PIL import Image
 
 from tiny_r1v.config import load_config
 from tiny_r1v.eval import EvalConfig
 from tiny_r1v.eval import runner as eval_runner
-from tiny_r1v.eval.generate import Generation, ModelEvaluator
+from tiny_r1v.eval.generate import Generation, ModelEvaluator, engine_model, sampling
 from tiny_r1v.eval.inputs import resolve_benchmarks, resolve_models
 from tiny_r1v.rewards import score
 from tiny_r1v.trainer import checkpoint
 
 pytestmark = pytest.mark.vllm
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "eval.yaml"
 MODELS = ("a", "b")
 BENCHMARKS = ("colours", "sums")
@@ -98,13 +97,6 @@ def write_run(run: Path, seed: int) -> Path:
     return checkpoint.publish(staging, checkpoint.TrainerState(3, 3, {"dataset_size": 8}), keep=2) / "model"
 
 
-def load_launcher():
-    spec = importlib.util.spec_from_file_location("launch_eval", ROOT / "launch" / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir) -> dict:
     root = tmp_path_factory.mktemp("eval")
@@ -128,7 +120,7 @@ def setup(tmp_path_factory, tiny_model_dir) -> dict:
 @pytest.fixture(scope="module")
 def first_run(setup, ray_local) -> dict:
     """The one run that starts engines: launch/eval.py's main() under the session's Ray instance."""
-    assert load_launcher().main(setup["args"]) == 0
+    assert launcher("eval").main(setup["args"]) == 0
     return setup
 
 
@@ -257,7 +249,7 @@ def test_rerun_reuses_results_without_an_engine(first_run, monkeypatch, capsys):
         raise AssertionError("a re-run with the same settings started engines")
 
     monkeypatch.setattr(eval_runner, "generate_on_ray", no_engines)
-    assert load_launcher().main(first_run["args"]) == 0
+    assert launcher("eval").main(first_run["args"]) == 0
     assert "0 pairs evaluated, 4 reused" in capsys.readouterr().out
     assert sorted((out / "samples").rglob("*")) == files
     assert {path: path.stat().st_mtime_ns for path in files} == before
@@ -307,3 +299,30 @@ def test_partial_or_other_settings_results_are_recomputed(first_run, monkeypatch
     assert calls == [[(m, list(BENCHMARKS)) for m in MODELS]] and result.reused == []
     for s in read_samples(out, "a", "colours"):
         assert s["reward"]["total"] == pytest.approx(0.5 * s["reward"]["accuracy"] + 0.5 * s["reward"]["format"])
+
+
+def test_engine_gets_the_decoding_and_engine_settings():
+    from vllm.sampling_params import SamplingType
+
+    from tiny_r1v.rollout.engine import RolloutEngine
+
+    sampled = load_config(
+        EvalConfig,
+        CONFIG,
+        [
+            "decoding.temperature=0.7",
+            "decoding.n=3",
+            "decoding.seed=5",
+            "engine.max_response_length=77",
+            "prompt.max_prompt_length=3000",
+            "dtype=float32",
+            "engine.kv_cache_memory_mb=64",
+        ],
+    )
+    model = engine_model(sampled, "/models/x")
+    assert (model.path, model.dtype, model.trust_remote_code) == ("/models/x", torch.float32, False)
+    params = RolloutEngine(None, sampling(sampled)).sampling
+    assert (params.n, params.temperature, params.max_tokens) == (3, 0.7, 77)
+    assert params.sampling_type != SamplingType.GREEDY
+    greedy = RolloutEngine(None, sampling(load_config(EvalConfig, CONFIG))).sampling
+    assert (greedy.n, greedy.sampling_type) == (1, SamplingType.GREEDY)

@@ -3,7 +3,6 @@ expert; experts named in the config merge in a Ray actor and a summary is printe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, launcher
 
 from tiny_r1v.merge import PROVENANCE
 from tiny_r1v.merge.synthetic import lm_shapes, write_checkpoint
 
-ROOT = Path(__file__).resolve().parent.parent
 SHAPES = lm_shapes(layers=2, hidden=64, intermediate=128, kv_dim=32)
 
 
@@ -61,10 +60,7 @@ def test_mismatched_expert_stops_before_ray_starts(config, tmp_path):
 
 def run_main(*args: str) -> int:
     """`launch/amm.py`'s main() in this process (under the session's local Ray instance)."""
-    spec = importlib.util.spec_from_file_location("launch_amm", ROOT / "launch" / "amm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(list(args))
+    return launcher("amm").main(list(args))
 
 
 def test_unknown_expert_and_bad_key_are_named(config, capsys):

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 
 from tiny_r1v.config import ConfigError, LipoConfig, TrainConfig, load_config, to_dict
 from tiny_r1v.config import train as train_schema
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 # The two keys without defaults.
 REQUIRED = ["data.train_files=[train.jsonl]", "model.path=tiny-model"]
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 
 from tiny_r1v.config import TrainConfig, load_config, to_dict
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = ROOT / "configs"
 EXPERTS = ("math", "chart", "ocr")
 
 

@@ -1,13 +1,13 @@
-"""The tiny Qwen2.5-VL factory: loads and generates with transformers and vLLM, deterministic."""
+"""The tiny Qwen2.5-VL factory: loads and generates with transformers, deterministic (vLLM:
+tests/integration/test_rollout.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
+from helpers import one_image_prompt
 from PIL import Image
-from transformers import ProcessorMixin
 
 from tiny_r1v.models.tiny import build_tiny_model
 
@@ -18,18 +18,13 @@ def _square() -> Image.Image:
     return Image.new("RGB", (64, 64), (200, 30, 30))
 
 
-def _prompt(processor: ProcessorMixin) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
-
-
 def test_transformers_generates_with_an_image(tiny_model_dir: Path) -> None:
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
     config = model.config
-    prompt = _prompt(processor)
+    prompt = one_image_prompt(processor, QUESTION)
     assert "<|vision_start|><|image_pad|><|vision_end|>" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
 
@@ -66,22 +61,6 @@ def test_ids_match_between_config_and_tokenizer(tiny_model_dir: Path) -> None:
     assert len(tokenizer) <= config.text_config.vocab_size
     text = "<think>12 + 7 = 19</think> \\boxed{19}"
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
-
-
-@pytest.mark.vllm
-def test_vllm_generates_with_an_image(vllm_engine, tiny_model_dir: Path) -> None:
-    from transformers import AutoProcessor
-    from vllm import SamplingParams
-
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    prompt = _prompt(processor)
-    request = {"prompt": prompt, "multi_modal_data": {"image": _square()}}
-    (output,) = vllm_engine.generate([request], SamplingParams(max_tokens=16, seed=0))
-
-    # vLLM expands the image placeholder exactly as the transformers processor does.
-    expected = processor(text=[prompt], images=[_square()])["input_ids"][0]
-    assert list(output.prompt_token_ids) == list(expected)
-    assert len(output.outputs[0].token_ids) > 0
 
 
 def test_builds_are_deterministic(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import ROOT
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 from test_launch import GOOD_ROW, write_data
 
 from tiny_r1v.merge import PROVENANCE
 from tiny_r1v.merge.synthetic import lm_shapes, write_checkpoint
 
-ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 

@@ -11,7 +11,7 @@ from helpers import fill_checkpoint, snapshot, stand_in_model
 from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.metrics import MetricsLogger, trend
 from tiny_r1v.trainer.sampler import step_indices
-from tiny_r1v.trainer.weights import PackedWeights, WeightSync
+from tiny_r1v.trainer.weights import PackedWeights
 
 
 def test_data_order_is_a_pure_function_of_seed_and_step():
@@ -153,46 +153,3 @@ def test_packed_weights_round_trip_every_dtype_and_shape():
         if state[name].numel()
     }
     assert shared == {"a.weight": True, "b.bias": True, "c.steps": True, "d.weight": False}
-
-
-def test_packed_weights_read_through_the_object_store_without_copies(ray_local):
-    import ray
-
-    state = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "h": torch.ones(2, dtype=torch.bfloat16)}
-    received = ray.get(ray.put(PackedWeights.pack(state)))
-    # Views of the store's shared memory, not copies.
-    assert not any(array.flags.writeable for array in received.arrays)
-    assert all(torch.equal(received.tensors()[k], v) for k, v in state.items())
-
-
-def test_a_rollout_worker_lost_during_weight_sync_does_not_stop_the_run(ray_local):
-    import os
-
-    import ray
-
-    @ray.remote
-    class Learner:
-        def packed_weights(self) -> PackedWeights:
-            return PackedWeights.pack({"w": torch.ones(2)})
-
-    @ray.remote(max_restarts=0)
-    class Rollout:
-        def __init__(self, dies: bool) -> None:
-            self.dies, self.version = dies, 0
-
-        def load_weights(self, weights: PackedWeights, version: int) -> dict[str, float]:
-            if self.dies:
-                os._exit(1)
-            self.version = version
-            return {"bytes": float(weights.nbytes), "seconds": 0.5}
-
-        def weight_version(self) -> int:
-            return self.version
-
-    # The driver's sync alone, on stand-ins for the learner and rollout actors.
-    rollouts = [Rollout.remote(True), Rollout.remote(False)]
-    sync = WeightSync([Learner.remote()], rollouts)
-    assert sync.advance() == {"sync/bytes": 8.0, "sync/load_seconds": 0.5}
-    assert sync.version == 1 and ray.get(rollouts[1].weight_version.remote()) == 1
-    # The next rollout finds the lost worker (restarted by Ray) behind and loads these weights.
-    assert ray.get(sync.current()).tensors()["w"].tolist() == [1.0, 1.0]

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import one_image_prompt
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
@@ -131,3 +132,20 @@ def test_learner_recomputes_rollout_logprobs(engine, prompts, tiny_model_dir, ti
     assert metric["rollout/logprob_diff_max"] == pytest.approx(max(gaps), abs=1e-7)
     assert metric["rollout/logprob_diff_mean"] == pytest.approx(sum(gaps) / len(gaps), abs=1e-7)
     assert metric["rollout/logprob_diff_max"] < 2e-3
+
+
+@pytest.mark.vllm
+def test_vllm_generates_with_an_image(vllm_engine, tiny_model_dir) -> None:
+    from transformers import AutoProcessor
+    from vllm import SamplingParams
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    prompt = one_image_prompt(processor, "What colour is the square? Put the answer in \\boxed{}.")
+    square = Image.new("RGB", (64, 64), (200, 30, 30))
+    request = {"prompt": prompt, "multi_modal_data": {"image": square}}
+    (output,) = vllm_engine.generate([request], SamplingParams(max_tokens=16, seed=0))
+
+    # vLLM expands the image placeholder exactly as the transformers processor does.
+    expected = processor(text=[prompt], images=[square])["input_ids"][0]
+    assert list(output.prompt_token_ids) == list(expected)
+    assert len(output.outputs[0].token_ids) > 0

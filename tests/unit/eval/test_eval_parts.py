@@ -8,18 +8,17 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from helpers import ROOT
 
 from tiny_r1v.config import ConfigError, load_config, to_dict
 from tiny_r1v.eval import EvalConfig, EvalError, cache
-from tiny_r1v.eval.generate import engine_model, sampling
 from tiny_r1v.eval.inputs import benchmark_names, fingerprint, resolve_models, split_items
 from tiny_r1v.eval.metrics import AVERAGE, SampleRecord, Summary, average, summarize, table
 from tiny_r1v.eval.report import csv_text, json_payload, markdown, plot
 from tiny_r1v.eval.runner import parallel_slots
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "eval.yaml"
+CONFIG = ROOT / "configs" / "eval.yaml"
 
 
 def record(
@@ -285,30 +284,3 @@ def test_fingerprint_follows_the_files(tmp_path):
     assert fingerprint(model) == first
     (model / "model.safetensors").write_bytes(b"0" * 9)  # rewritten weights
     assert fingerprint(model) != first
-
-
-def test_engine_gets_the_decoding_and_engine_settings():
-    from vllm.sampling_params import SamplingType
-
-    from tiny_r1v.rollout.engine import RolloutEngine
-
-    sampled = load_config(
-        EvalConfig,
-        CONFIG,
-        [
-            "decoding.temperature=0.7",
-            "decoding.n=3",
-            "decoding.seed=5",
-            "engine.max_response_length=77",
-            "prompt.max_prompt_length=3000",
-            "dtype=float32",
-            "engine.kv_cache_memory_mb=64",
-        ],
-    )
-    model = engine_model(sampled, "/models/x")
-    assert (model.path, model.dtype, model.trust_remote_code) == ("/models/x", torch.float32, False)
-    params = RolloutEngine(None, sampling(sampled)).sampling
-    assert (params.n, params.temperature, params.max_tokens) == (3, 0.7, 77)
-    assert params.sampling_type != SamplingType.GREEDY
-    greedy = RolloutEngine(None, sampling(load_config(EvalConfig, CONFIG))).sampling
-    assert (greedy.n, greedy.sampling_type) == (1, SamplingType.GREEDY)

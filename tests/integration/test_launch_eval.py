@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
+from helpers import ROOT
 from PIL import Image
 
 from tiny_r1v.eval import runner as eval_runner
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "eval.yaml"
 ROW = {"question": "What colour?", "answer": "red", "task": "vqa", "images": ["images/red.png"]}
 
@@ -34,10 +34,7 @@ def launcher(monkeypatch):
         raise AssertionError("bad input reached the evaluation")
 
     monkeypatch.setattr(eval_runner, "run_eval", run_eval)
-    spec = importlib.util.spec_from_file_location("launch_eval", ROOT / "launch" / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return helpers.launcher("eval").main
 
 
 def test_missing_model_directory_fails_before_ray(tmp_path, tiny_model_dir):

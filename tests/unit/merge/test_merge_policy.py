@@ -3,11 +3,9 @@ merge config and expert resolution."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
-from helpers import fill_checkpoint, stand_in_model
+from helpers import ROOT, fill_checkpoint, stand_in_model
 from safetensors import safe_open
 
 from tiny_r1v.config import ConfigError, load_config, to_dict
@@ -15,7 +13,7 @@ from tiny_r1v.merge import RULES, MergeConfig, MergeError, assign
 from tiny_r1v.merge.policy import Rule
 from tiny_r1v.merge.sources import resolve
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "amm.yaml"
+CONFIG = ROOT / "configs" / "amm.yaml"
 
 
 @pytest.fixture(scope="module")
