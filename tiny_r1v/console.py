@@ -55,9 +55,10 @@ def setup_driver(log_file: Path, verbose: bool) -> None:
 
 
 def _install(root: logging.Logger, *handlers: logging.Handler) -> None:
-    """Replace the handlers an earlier call installed (a process may launch twice, as tests do)
-    and leave everyone else's, then route Python warnings through logging."""
-    for handler in [h for h in root.handlers if getattr(h, "tiny_r1v", False)]:
+    """Replace the console handlers on the root logger (an earlier call's, and the one
+    `logging.basicConfig` adds, as importing verl does) and keep every other (a test runner's
+    capture), then route Python warnings through logging."""
+    for handler in [h for h in root.handlers if type(h) is logging.StreamHandler or getattr(h, "tiny_r1v", False)]:
         root.removeHandler(handler)
         handler.close()
     for handler in handlers:

@@ -10,6 +10,7 @@ def test_driver_console_keeps_our_info_and_everyones_warnings(tmp_path, capsys):
     root, ray_logger = logging.getLogger(), logging.getLogger("ray")
     saved = root.handlers[:], root.level, ray_logger.handlers[:], ray_logger.propagate
     try:
+        logging.basicConfig(format="%(message)s", force=True)  # as importing verl does
         for verbose in (False, True):
             setup_driver(log, verbose)
             logging.getLogger("ray.worker").info("ray info %s", verbose)

@@ -65,11 +65,11 @@ class ModelEvaluator:
     """
 
     def __init__(self, cfg: EvalConfig, model_dir: str, llm: LLM | None = None) -> None:
+        quiet_actor(Path(cfg.output_dir) / "logs", "engine", cfg.verbose)  # before vLLM's import prints
         from transformers import AutoProcessor
 
         from tiny_r1v.rollout.engine import RolloutEngine
 
-        quiet_actor(Path(cfg.output_dir) / "logs", "engine", cfg.verbose)
         self.cfg = cfg
         self.engine = RolloutEngine(llm if llm is not None else build_eval_llm(cfg, model_dir), sampling(cfg))
         # The model's own processor: its chat template and tokenizer are part of the checkpoint.

@@ -63,9 +63,9 @@ class RolloutWorker:
     model; the driver loads the learners' weights into it (its version starts at 0)."""
 
     def __init__(self, cfg: TrainConfig) -> None:
+        quiet_actor(log_dir(cfg), "rollout", cfg.trainer.verbose)  # before vLLM's import prints
         from tiny_r1v.rollout.engine import RolloutEngine
 
-        quiet_actor(log_dir(cfg), "rollout", cfg.trainer.verbose)
         _use_all_cores(resolve_device(cfg.trainer.device))
         self.engine = RolloutEngine(build_rollout_llm(cfg), rollout_sampling(cfg))
 
