@@ -14,6 +14,7 @@ evaluated; the newest complete one is.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tiny_r1v.config.train import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d+)$")
 _RANK = re.compile(r"^rank-(\d+)\.safetensors$")
@@ -101,8 +104,14 @@ def start_point(run_dir: Path, resume: bool, order: dict[str, int | bool]) -> tu
     step 0 only where nothing of an earlier run would be written over. Runs before any actor
     starts, so a refusal costs no start-up.
     """
+    damaged = {
+        path: problems for path in _published(checkpoint_root(run_dir)) if (problems := checkpoint_problems(path))
+    }
     if resume and (found := latest(run_dir)) is not None:
         check_resumable(found[0], found[1], order)
+        for path, problems in damaged.items():
+            if _step(path) > found[1].step:
+                logger.warning("passing over the incomplete checkpoint %s: %s", path, "; ".join(problems))
         return found
     if earlier := _earlier_outputs(run_dir):
         advice = (
@@ -113,6 +122,7 @@ def start_point(run_dir: Path, resume: bool, order: dict[str, int | bool]) -> tu
         raise ExistingRunError(
             f"{run_dir} holds an earlier run ({', '.join(earlier)}): {advice}; or choose another "
             "trainer.experiment_name or trainer.output_dir, or remove the directory"
+            + "".join(f"\n  incomplete: {path}: {'; '.join(problems)}" for path, problems in damaged.items())
         )
     return None
 

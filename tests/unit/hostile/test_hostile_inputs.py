@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT, launcher, snapshot
+from helpers import ROOT, fill_checkpoint, launcher, snapshot, stand_in_model
 from PIL import Image
 
 from tiny_r1v.data import convert
@@ -169,6 +170,71 @@ def test_lipo_names_a_missing_config_file_once(
     config = tmp_path / "nope.yaml"
     err = _refused(lambda: _load_launcher("lipo")(["--config", str(config)]), capsys, tmp_path)
     assert err.strip() == f"{config}: config file not found"
+
+
+# ---------------------------------------------------------------------------------------------
+# launch/lipo.py: an earlier run in the run directory (fresh start and --resume)
+
+
+def _earlier_run(run: Path, state: str | None) -> None:
+    """An earlier run's metrics and, with `state`, one checkpoint (step 2) with that state file."""
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.5}\n')
+    if state is not None:
+        step = run / "checkpoints" / "step-000002"
+        stand_in_model(fill_checkpoint(step) / "model")
+        (step / "trainer_state.json").write_text(state)
+
+
+_STATE = json.dumps({"step": 2, "weight_version": 2, "order": {"rollout.n": 99, "learner.num_workers": 1}})
+
+
+@pytest.mark.parametrize(
+    "resume, state, message",
+    _params(
+        [
+            ("fresh run over metrics", False, None, r"metrics\.jsonl\): pass --resume"),
+            ("fresh run over a checkpoint", False, _STATE, r"step-000002.*pass --resume"),
+            ("resume with metrics only", True, None, r"metrics\.jsonl\): nothing complete to resume"),
+            (
+                "resume a corrupt state",
+                True,
+                '{"step": 2',
+                r"nothing complete.*step-000002: trainer_state\.json does not",
+            ),
+            (
+                "resume another data order",
+                True,
+                _STATE,
+                r"step-000002: saved under other settings \(.*rollout\.n 99 -> 2",
+            ),
+        ]
+    ),
+)
+def test_lipo_never_writes_over_an_earlier_run(
+    no_ray: None,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    resume: bool,
+    state: str | None,
+    message: str,
+) -> None:
+    _earlier_run(tmp_path / "out" / "x", state)
+    args = [
+        "--config",
+        str(QUICKSTART),
+        f"model.path={tiny_model_dir}",
+        f"data.train_files=[{_write_rows(tmp_path / 'data', [ROW])}]",
+        "data.val_files=[]",
+        "data.task=vqa",
+        f"trainer.output_dir={tmp_path / 'out'}",
+        "trainer.experiment_name=x",
+        "learner.num_workers=1",
+        *(["--resume"] if resume else []),
+    ]
+    err = _refused(lambda: _load_launcher("lipo")(args), capsys, tmp_path)
+    assert re.search(message, err, flags=re.S), err
 
 
 # ---------------------------------------------------------------------------------------------
