@@ -206,7 +206,7 @@ _STATE = json.dumps({"step": 2, "weight_version": 2, "order": {"rollout.n": 99, 
                 "resume another data order",
                 True,
                 _STATE,
-                r"step-000002: saved under other settings \(.*rollout\.n 99 -> 2",
+                r"step-000002: saved under other settings \(.*rollout\.n 99 -> 4",
             ),
         ]
     ),
