@@ -153,3 +153,15 @@ def test_packed_weights_round_trip_every_dtype_and_shape():
         if state[name].numel()
     }
     assert shared == {"a.weight": True, "b.bias": True, "c.steps": True, "d.weight": False}
+
+
+def test_resume_passes_over_a_damaged_newer_checkpoint_and_says_so(tmp_path, caplog):
+    for step in (2, 3):
+        path = checkpoint.checkpoint_root(tmp_path) / f"step-{step:06d}"
+        stand_in_model(fill_checkpoint(path) / "model")
+        (path / checkpoint.STATE_FILE).write_text(json.dumps({"step": step, "weight_version": step, "order": ORDER}))
+    (checkpoint.checkpoint_root(tmp_path) / "step-000003" / "model" / "model.safetensors").unlink()
+    with caplog.at_level("WARNING", logger="tiny_r1v.trainer.checkpoint"):
+        path, state = checkpoint.start_point(tmp_path, True, ORDER)
+    assert path.name == "step-000002" and state.step == 2
+    assert "step-000003" in caplog.text and "no weights" in caplog.text
