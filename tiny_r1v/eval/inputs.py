@@ -2,7 +2,7 @@
 
 A `--models` item is a name from the config's `models`, `name=DIR`, or a bare `DIR` (named after
 the directory). DIR is a model directory or a training run directory, as the merge accepts them
-(`tiny_r1v.merge.sources.model_dir`). A `--benchmarks` item is a config name, `name=FILE` or a
+(`tiny_r1v.trainer.checkpoint.resolve_model_dir`). A `--benchmarks` item is a config name, `name=FILE` or a
 bare `FILE`. Everything here runs before Ray or an engine starts, so bad input stops the run at
 once with a message naming the model, the file or the row.
 """

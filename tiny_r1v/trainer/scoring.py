@@ -1,4 +1,4 @@
-"""Rewards and advantages for one iteration's completions (the RewardScorer actor's body).
+"""Rewards and advantages for one iteration's completions (the scoring actor's body, `GroupScorer`).
 
 Rule-based scores come from the timeout-safe process pool; advantages from the estimator registry
 (`tiny_r1v.algorithms.advantages`), where ``grpo``, ``lipo`` and the length-control field are one
