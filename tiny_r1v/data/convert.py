@@ -8,6 +8,12 @@ writes ``DIR/<split>.jsonl`` and ``DIR/images/*.png``. Kinds:
   ``geometry3k`` (math), ``chartqa`` (chart), ``ocrvqa`` (ocr); see `tiny_r1v.data.hf_parquet`.
 - Offline data from registry packages: ``easy-vqa`` (vqa), ``digits`` (ocr), ``digit-sum``
   (math), ``reasoning-gym`` (math, ``--dataset NAME``); see `tiny_r1v.data.offline`.
+- The testbed of three small expert tasks with disjoint train/test sources (``--width W
+  --height H`` set every image's exact size; docs/testbed.md): ``tb-math`` (math: an
+  expression of 2-3 handwritten scikit-learn digits with + - ×, default 112x56), ``tb-chart``
+  (chart: questions on bar charts of vega_datasets' bundled stocks, seattle-weather and crimea
+  tables, default 112x112), ``tb-ocr`` (ocr: a string of 3-6 handwritten digits, default
+  112x56); see `tiny_r1v.data.testbed`.
 
 ``--limit N`` keeps N rows (drawn with ``--seed`` where the source has a fixed size); the output
 is a deterministic function of the arguments.
@@ -25,7 +31,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tiny_r1v.data import offline
+from tiny_r1v.data import offline, testbed
 from tiny_r1v.data.hf_parquet import LAYOUTS, ConvertError, ParquetLayout, convert_parquet
 from tiny_r1v.data.writer import DatasetWriter, OutputExistsError
 
@@ -38,8 +44,14 @@ class OfflineKind:
 
     help: str
     convert: Callable[..., None]
-    options: dict[str, tuple[str, str]] = field(default_factory=dict)
-    """The kind's own command-line options: name -> (default, help)."""
+    options: dict[str, tuple[str | int, str]] = field(default_factory=dict)
+    """The kind's own command-line options: name -> (default, help); an int default makes the
+    option a positive integer."""
+
+
+def _image_size(width: int, height: int) -> dict[str, tuple[str | int, str]]:
+    """The ``--width`` and ``--height`` options of a kind whose images have a fixed size."""
+    return {"width": (width, "image width in pixels"), "height": (height, "image height in pixels")}
 
 
 OFFLINE_KINDS: dict[str, OfflineKind] = {
@@ -50,6 +62,17 @@ OFFLINE_KINDS: dict[str, OfflineKind] = {
         "a reasoning-gym generator rendered as images (math)",
         offline.reasoning_gym,
         options={"dataset": ("basic_arithmetic", "generator name")},
+    ),
+    "tb-math": OfflineKind(
+        "testbed: arithmetic on handwritten digits (math)", testbed.tb_math, options=_image_size(112, 56)
+    ),
+    "tb-chart": OfflineKind(
+        "testbed: questions on bar charts of vega_datasets tables (chart)",
+        testbed.tb_chart,
+        options=_image_size(112, 112),
+    ),
+    "tb-ocr": OfflineKind(
+        "testbed: transcribe handwritten digit strings (ocr)", testbed.tb_ocr, options=_image_size(112, 56)
     ),
 }
 
@@ -90,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = kinds.add_parser(kind, parents=[common], help=source.help)
         sub.set_defaults(run=_offline_run(source))
         for name, (default, help_text) in source.options.items():
-            sub.add_argument(f"--{name}", default=default, help=help_text)
+            kind_type = {"type": _positive_int} if isinstance(default, int) else {}
+            sub.add_argument(f"--{name}", default=default, help=f"{help_text} (default: {default})", **kind_type)
     return parser
 
 

@@ -1,0 +1,139 @@
+"""The testbed kinds (tb-math, tb-chart, tb-ocr): deterministic, disjoint splits down to the source
+items, every ground truth worth 1.0 when boxed, images of the configured size, loadable rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tiny_r1v.data import load_examples
+from tiny_r1v.data import testbed as tb
+from tiny_r1v.data.convert import main
+from tiny_r1v.rewards.accuracy import score
+
+KINDS = {"tb-math": "math", "tb-chart": "chart", "tb-ocr": "ocr"}
+DEFAULT_SIZES = {"tb-math": (112, 56), "tb-chart": (112, 112), "tb-ocr": (112, 56)}
+BOUNDS = {"min_pixels": 28 * 28, "max_pixels": 28 * 28 * 64}
+
+
+def _write(out: Path, kind: str, split: str = "train", *options: str) -> list[dict]:
+    main([kind, "--out", str(out), "--split", split, *options])
+    return [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
+
+
+def _pairs(out: Path, rows: list[dict]) -> set[tuple[str, bytes]]:
+    """(question, image bytes) of each row."""
+    return {(row["question"], (out / row["images"][0]).read_bytes()) for row in rows}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_same_arguments_write_byte_identical_output(tmp_path: Path, kind: str) -> None:
+    for out in ("a", "b"):
+        _write(tmp_path / out, kind, "train", "--limit", "6", "--seed", "5")
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    _write(tmp_path / "c", kind, "train", "--limit", "6", "--seed", "6")
+    assert (tmp_path / "c" / "train.jsonl").read_bytes() != (tmp_path / "a" / "train.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_rows_load_with_images_of_the_configured_size(tmp_path: Path, kind: str) -> None:
+    rows = _write(tmp_path / "default", kind, "train", "--limit", "5")
+    test_rows = _write(tmp_path / "default", kind, "test", "--limit", "3")
+    assert len(rows) == 5 and len(test_rows) == 3  # --limit
+    for row in rows + test_rows:
+        assert row["task"] == KINDS[kind] and "\n" not in row["question"] and len(row["images"]) == 1
+        with Image.open(tmp_path / "default" / row["images"][0]) as image:
+            assert image.size == DEFAULT_SIZES[kind]
+    examples = load_examples(
+        [tmp_path / "default" / "train.jsonl", tmp_path / "default" / "test.jsonl"], task=KINDS[kind], **BOUNDS
+    )
+    assert [example.uid for example in examples] == [row["id"] for row in rows + test_rows]
+    assert all(example.load_images() for example in examples)
+
+    resized = _write(tmp_path / "resized", kind, "train", "--limit", "2", "--width", "168", "--height", "84")
+    for row in resized:
+        with Image.open(tmp_path / "resized" / row["images"][0]) as image:
+            assert image.size == (168, 84)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_no_question_and_image_crosses_splits(tmp_path: Path, kind: str) -> None:
+    out = tmp_path / "out"
+    train = _write(out, kind, "train", "--limit", "40")
+    test = _write(out, kind, "test", "--limit", "40")
+    assert _pairs(out, train).isdisjoint(_pairs(out, test))
+    train_images = {(out / row["images"][0]).read_bytes() for row in train}
+    assert train_images.isdisjoint((out / row["images"][0]).read_bytes() for row in test)
+    assert {row["id"] for row in train}.isdisjoint(row["id"] for row in test)
+
+
+@pytest.mark.parametrize("items", [tb.math_items, tb.ocr_items])
+def test_digit_tasks_draw_on_disjoint_scikit_learn_digits(items) -> None:
+    train = {digit for item in items("train", None, 0) for digit in item.digits}
+    test = {digit for item in items("test", None, 0) for digit in item.digits}
+    assert train.isdisjoint(test)
+    assert all(digit % 5 == 0 for digit in test) and not any(digit % 5 == 0 for digit in train)
+
+
+def test_chart_splits_share_no_table_rows() -> None:
+    train, test = tb.chart_split("train"), tb.chart_split("test")
+    for table in tb.CHART_TABLES:
+        train_rows = {row for chart in train if chart.table == table for row in chart.rows}
+        test_rows = {row for chart in test if chart.table == table for row in chart.rows}
+        assert train_rows and test_rows and train_rows.isdisjoint(test_rows), table
+    assert {(c.table, c.key) for c in train}.isdisjoint((c.table, c.key) for c in test)
+
+
+ALL_ITEMS = {"math": tb.math_items, "chart": tb.chart_items, "ocr": tb.ocr_items}
+
+
+@pytest.mark.parametrize("task", list(ALL_ITEMS))
+def test_every_ground_truth_scores_one_when_boxed(task: str) -> None:
+    answers = {item.answer for split in ("train", "test") for item in ALL_ITEMS[task](split, None, 0)}
+    assert answers
+    for answer in sorted(answers):
+        result = score(task, f"<think>I read the image.</think> \\boxed{{{answer}}}", answer)
+        assert result.accuracy == 1.0 and result.total == 1.0, answer
+
+
+def test_math_answers_evaluate_the_drawn_expression() -> None:
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target
+    for item in tb.math_items("test", 200, 1):
+        expression = " ".join(
+            token
+            for digit, op in zip(item.digits, (*item.operators, ""), strict=True)
+            for token in (str(labels[digit]), op)
+        )
+        assert item.answer == str(eval(expression.replace("×", "*")))  # noqa: S307 - digits and + - * only
+
+
+def test_chart_answers_come_from_the_table() -> None:
+    from vega_datasets import local_data
+
+    stocks = local_data.stocks()
+    questions = [q for q in tb.chart_items("test", None, 0) if q.chart.table == "stocks"]
+    for question in questions:
+        rows = stocks.iloc[list(question.chart.rows)]
+        if question.question.startswith("What is the price of "):
+            symbol = question.question.removeprefix("What is the price of ").removesuffix("?")
+            price = float(rows.loc[rows["symbol"] == symbol, "price"].iloc[0])
+            assert abs(float(question.answer) - price) <= 0.01 * price
+        elif question.question == "Which stock has the highest price?":
+            assert question.answer == rows.loc[rows["price"].idxmax(), "symbol"]
+
+
+def test_too_small_an_image_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["tb-ocr", "--out", str(tmp_path), "--width", "20", "--limit", "3"])
+    assert info.value.code == 2
+    assert "20x56 pixels cannot hold" in capsys.readouterr().err
+    assert not (tmp_path / "train.jsonl").exists()

@@ -1,0 +1,396 @@
+"""A testbed of three small offline image tasks that mirror the paper's experts (issue "Evidence I").
+
+- `tb_math` (task ``math``): an expression of two or three handwritten scikit-learn digits with
+  ``+``, ``-`` or ``×`` drawn between them (usual precedence); the answer is its value, so it
+  can only be found by reading the image.
+- `tb_chart` (task ``chart``): a bar chart, titled with its table and month, rendered with
+  matplotlib's Agg canvas from a real table that ``vega_datasets`` ships locally (stocks:
+  prices of five companies in one month; seattle-weather: days of each weather type in one
+  month; crimea: deaths by cause in one month of the Crimean War), with questions on the
+  largest and smallest bar, the value of a bar and the gap between the largest and smallest;
+  numeric answers are the values as labelled on the bars, graded by the relaxed (5%) match.
+- `tb_ocr` (task ``ocr``): transcribe a string of 3 to 6 handwritten scikit-learn digits; graded
+  by ``1 - NED``.
+
+Every image is exactly ``width`` x ``height`` pixels (white background, small enough for the
+tiny model). No source item is shared between the splits: the digits come from `_digit_split`
+(every fifth digit of ``load_digits`` is test), and a chart's group of table rows (one month)
+belongs to the test split iff its position among the table's months is a multiple of
+`CHART_TEST_EVERY`. Each converter is a pure function of (split, limit, seed, size); the
+``*_items`` functions return the plan with its source items, which the tests check.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from PIL import Image
+
+from tiny_r1v.data.hf_parquet import ConvertError
+from tiny_r1v.data.offline import DIGITS_TEST_EVERY, GENERATED_DEFAULT_SIZE, _digit_split
+from tiny_r1v.data.writer import DatasetWriter, sample_indices
+from tiny_r1v.tasks import Task
+
+CHART_TEST_EVERY = DIGITS_TEST_EVERY
+"""A table's months are sorted; every fifth (position % 5 == 0) is test, the rest train."""
+
+OCR_LENGTHS = (3, 6)
+"""Digits per OCR string, both inclusive."""
+
+MATH_OPERATORS = ("+", "-", "×")
+
+_GLYPH = 8  # side of a scikit-learn digit, in source pixels
+
+
+# ---------------------------------------------------------------------------------------------
+# glyphs: scikit-learn digits and drawn operators on one canvas
+
+
+def _operator_glyphs() -> dict[str, np.ndarray]:
+    """8x8 operator glyphs with ink 0..16, two pixels thick like the digits' strokes."""
+    plus, minus, times = (np.zeros((_GLYPH, _GLYPH)) for _ in range(3))
+    plus[3:5, 1:7] = 16
+    plus[1:7, 3:5] = 16
+    minus[3:5, 1:7] = 16
+    for i in range(1, 7):
+        times[i, i] = times[i, 7 - i] = 16
+        times[i, min(i + 1, 6)] = times[i, max(6 - i, 1)] = 12
+    return {"+": plus, "-": minus, "×": times}
+
+
+_OPERATORS = _operator_glyphs()
+
+
+def _glyph_row(glyphs: list[np.ndarray], width: int, height: int) -> Image.Image:
+    """Glyphs side by side, scaled by the largest integer factor that fits, centred on white."""
+    scale = min(width // (_GLYPH * len(glyphs)), height // _GLYPH)
+    if scale < 1:
+        raise ConvertError(f"{width}x{height} pixels cannot hold {len(glyphs)} glyphs of {_GLYPH}x{_GLYPH}")
+    ink = np.concatenate(glyphs, axis=1)
+    row = Image.fromarray(np.rint(255 - ink * (255 / 16)).astype(np.uint8))
+    row = row.resize((row.width * scale, row.height * scale), Image.Resampling.NEAREST)
+    canvas = Image.new("L", (width, height), 255)
+    canvas.paste(row, ((width - row.width) // 2, (height - row.height) // 2))
+    return canvas
+
+
+def _rng(kind: str, split: str, seed: int) -> random.Random:
+    """One generator per (kind, split, seed): the test split is not a replay of the train split."""
+    return random.Random(zlib.crc32(f"{kind}/{split}/{seed}".encode()))
+
+
+# ---------------------------------------------------------------------------------------------
+# math and ocr: generated from the digits of one split
+
+
+@dataclass(frozen=True)
+class GlyphItem:
+    """A generated math or OCR item: digits (indices into ``load_digits``) and what is between them."""
+
+    uid: str
+    digits: tuple[int, ...]
+    """Indices into scikit-learn's ``load_digits``, left to right."""
+    operators: tuple[str, ...]
+    """``len(digits) - 1`` operators for math, empty for OCR."""
+    answer: str
+
+
+def _evaluate(values: list[int], operators: tuple[str, ...]) -> int:
+    """The expression's value with ``×`` before ``+`` and ``-``."""
+    terms, signs = [values[0]], [1]
+    for operator, value in zip(operators, values[1:], strict=True):
+        if operator == "×":
+            terms[-1] *= value
+        else:
+            terms.append(value)
+            signs.append(1 if operator == "+" else -1)
+    return sum(sign * term for sign, term in zip(signs, terms, strict=True))
+
+
+Draw = Callable[[random.Random, list[int]], tuple[list[int], tuple[str, ...], str]]
+"""(generator, labels of the split's digits) -> (positions of the drawn digits, operators, answer)."""
+
+
+def _generate(kind: str, draw: Draw, split: str, limit: int | None, seed: int) -> list[GlyphItem]:
+    """`limit` (default `GENERATED_DEFAULT_SIZE`) items drawn from the digits of `split`."""
+    indices, _, labels = _digit_split(split)
+    rng = _rng(kind, split, seed)
+    items = []
+    for number in range(GENERATED_DEFAULT_SIZE if limit is None else limit):
+        picks, operators, answer = draw(rng, labels)
+        items.append(GlyphItem(str(number), tuple(indices[pick] for pick in picks), operators, answer))
+    return items
+
+
+def _draw_expression(rng: random.Random, labels: list[int]) -> tuple[list[int], tuple[str, ...], str]:
+    picks = [rng.randrange(len(labels)) for _ in range(rng.choice((2, 3)))]
+    operators = tuple(rng.choice(MATH_OPERATORS) for _ in picks[1:])
+    return picks, operators, str(_evaluate([labels[pick] for pick in picks], operators))
+
+
+def _draw_string(rng: random.Random, labels: list[int]) -> tuple[list[int], tuple[str, ...], str]:
+    picks = [rng.randrange(len(labels)) for _ in range(rng.randint(*OCR_LENGTHS))]
+    return picks, (), "".join(str(labels[pick]) for pick in picks)
+
+
+def math_items(split: str, limit: int | None, seed: int) -> list[GlyphItem]:
+    """Expressions of 2 or 3 digits of `split` with random operators; see `_generate`."""
+    return _generate("tb-math", _draw_expression, split, limit, seed)
+
+
+def ocr_items(split: str, limit: int | None, seed: int) -> list[GlyphItem]:
+    """Strings of 3 to 6 digits of `split`; see `_generate`."""
+    return _generate("tb-ocr", _draw_string, split, limit, seed)
+
+
+def _glyphs(item: GlyphItem, pixels: dict[int, np.ndarray]) -> list[np.ndarray]:
+    """The item's glyphs left to right: digit, operator, digit, ... (digits only for OCR)."""
+    glyphs = [pixels[item.digits[0]]]
+    for position, digit in enumerate(item.digits[1:]):
+        if item.operators:
+            glyphs.append(_OPERATORS[item.operators[position]])
+        glyphs.append(pixels[digit])
+    return glyphs
+
+
+def _glyph_converter(
+    items: Callable[[str, int | None, int], list[GlyphItem]], task: Task, question: str, doc: str
+) -> Callable[..., None]:
+    """A converter writing `items` as rows of `task` asking `question`, one image per row."""
+
+    def convert(writer: DatasetWriter, *, split: str, limit: int | None, seed: int, width: int, height: int) -> None:
+        source, images, _ = _digit_split(split)
+        pixels = dict(zip(source, images, strict=True))
+        for item in items(split, limit, seed):
+            image = _glyph_row(_glyphs(item, pixels), width, height)
+            writer.row(
+                uid=item.uid,
+                task=task,
+                question=question,
+                answer=item.answer,
+                images=[writer.image(item.uid, image)],
+            )
+
+    convert.__doc__ = doc
+    return convert
+
+
+tb_math = _glyph_converter(
+    math_items, "math", "What is the value of the expression in the image?", "Handwritten-digit arithmetic (math)."
+)
+tb_ocr = _glyph_converter(
+    ocr_items, "ocr", "Transcribe the digits in the image.", "Handwritten digit strings to transcribe (ocr)."
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# chart
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One bar chart: a group of rows of a vega_datasets table (one month)."""
+
+    table: str
+    key: str
+    """The group, e.g. ``2004-08``; unique within the table."""
+    rows: tuple[int, ...]
+    """Row positions in the table the values come from."""
+    labels: tuple[str, ...]
+    values: tuple[str, ...]
+    """The values as labelled on the bars (and used as answers)."""
+
+
+@dataclass(frozen=True)
+class ChartQuestion:
+    uid: str
+    chart: Chart
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class _Table:
+    """How to turn a vega_datasets table into monthly bar charts and questions about them."""
+
+    load: Callable[[], list[Chart]]
+    title: str
+    """The chart's title before its month: months with equal values still get distinct images."""
+    most: str
+    least: str
+    value: str
+    """Question template with ``{label}``."""
+    gap: str
+
+
+def _number(value: float) -> str:
+    """A bar's label: three significant figures at most, no exponent (``707``, ``39.8``, ``5.97``)."""
+    if abs(value) >= 100 or float(value).is_integer():
+        return str(round(value))
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def _stocks() -> list[Chart]:
+    from vega_datasets import local_data
+
+    frame = local_data.stocks()
+    charts = []
+    for date, group in frame.groupby("date", sort=True):
+        charts.append(
+            Chart(
+                "stocks",
+                date.strftime("%Y-%m"),
+                tuple(int(i) for i in group.index),
+                tuple(group["symbol"]),
+                tuple(_number(price) for price in group["price"]),
+            )
+        )
+    return charts
+
+
+def _seattle_weather() -> list[Chart]:
+    from vega_datasets import local_data
+
+    frame = local_data.seattle_weather()
+    kinds = ("sun", "rain", "fog", "drizzle", "snow")
+    month = frame["date"].dt.strftime("%Y-%m")
+    charts = []
+    for key, group in frame.groupby(month, sort=True):
+        counts = group["weather"].value_counts()
+        charts.append(
+            Chart(
+                "seattle-weather",
+                str(key),
+                tuple(int(i) for i in group.index),
+                kinds,
+                tuple(str(int(counts.get(kind, 0))) for kind in kinds),
+            )
+        )
+    return charts
+
+
+def _crimea() -> list[Chart]:
+    from vega_datasets import local_data
+
+    frame = local_data.crimea()
+    causes = ("disease", "wounds", "other")
+    return [
+        Chart(
+            "crimea",
+            row.date.strftime("%Y-%m"),
+            (int(position),),
+            causes,
+            tuple(str(int(getattr(row, cause))) for cause in causes),
+        )
+        for position, row in zip(frame.index, frame.itertuples(), strict=True)
+    ]
+
+
+CHART_TABLES: dict[str, _Table] = {
+    "stocks": _Table(
+        _stocks,
+        title="Stock prices",
+        most="Which stock has the highest price?",
+        least="Which stock has the lowest price?",
+        value="What is the price of {label}?",
+        gap="How much higher is the highest price than the lowest?",
+    ),
+    "seattle-weather": _Table(
+        _seattle_weather,
+        title="Seattle weather",
+        most="Which weather has the most days?",
+        least="Which weather has the fewest days?",
+        value="How many days of {label} are shown?",
+        gap="How many more days has the most common weather than the rarest?",
+    ),
+    "crimea": _Table(
+        _crimea,
+        title="Crimean War deaths",
+        most="Which cause has the most deaths?",
+        least="Which cause has the fewest deaths?",
+        value="How many deaths from {label} are shown?",
+        gap="How many more deaths has the top cause than the bottom one?",
+    ),
+}
+"""vega_datasets tables (all bundled with the package, no network) -> their charts and questions."""
+
+
+def chart_split(split: str) -> list[Chart]:
+    """The charts of `split`: per table, months in order, every `CHART_TEST_EVERY`-th is test."""
+    return [
+        chart
+        for table in CHART_TABLES.values()
+        for position, chart in enumerate(table.load())
+        if (position % CHART_TEST_EVERY == 0) == (split == "test")
+    ]
+
+
+def _questions(chart: Chart) -> list[ChartQuestion]:
+    """Largest and smallest bar (only when unique), each bar's value, and the gap."""
+    table = CHART_TABLES[chart.table]
+    numbers = [float(value) for value in chart.values]
+    top, bottom = max(numbers), min(numbers)
+    asked: list[tuple[str, str]] = []
+    if numbers.count(top) == 1:
+        asked.append((table.most, chart.labels[numbers.index(top)]))
+    if numbers.count(bottom) == 1:
+        asked.append((table.least, chart.labels[numbers.index(bottom)]))
+    asked += [(table.value.format(label=label), value) for label, value in zip(chart.labels, chart.values, strict=True)]
+    if top > bottom:
+        asked.append((table.gap, _number(top - bottom)))
+    prefix = f"{chart.table}-{chart.key}"
+    return [ChartQuestion(f"{prefix}-{n}", chart, question, answer) for n, (question, answer) in enumerate(asked)]
+
+
+def chart_items(split: str, limit: int | None, seed: int) -> list[ChartQuestion]:
+    """`limit` of the (chart, question) pairs of `split` drawn with `seed`, in source order."""
+    questions = [question for chart in chart_split(split) for question in _questions(chart)]
+    return [questions[i] for i in sample_indices(len(questions), limit, seed)]
+
+
+def render_chart(chart: Chart, width: int, height: int) -> Image.Image:
+    """A bar chart with its values on the bars, exactly `width` x `height` RGB pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dpi = 100
+    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    canvas = FigureCanvasAgg(figure)
+    font = max(3.0, 5.5 * min(width, height) / 112)
+    month = datetime.strptime(chart.key, "%Y-%m").strftime("%b %Y")
+    figure.suptitle(f"{CHART_TABLES[chart.table].title}, {month}", fontsize=font, y=0.98)
+    axes = figure.add_axes((0.04, 0.16, 0.92, 0.68))
+    numbers = [float(value) for value in chart.values]
+    positions = range(len(numbers))
+    axes.bar(positions, numbers, color="#4c72b0", width=0.7)
+    for position, (number, text) in enumerate(zip(numbers, chart.values, strict=True)):
+        axes.text(position, number, text, ha="center", va="bottom", fontsize=font)
+    # Five labels ("fog drizzle snow") collide at the bars' font size: shrink them to fit.
+    axes.set_xticks(list(positions), chart.labels, fontsize=font * min(1.0, 4 / len(numbers)))
+    axes.set_ylim(0, max(numbers) * 1.22 or 1)
+    axes.set_yticks([])
+    axes.tick_params(axis="x", length=0, pad=1)
+    for side in ("top", "right", "left"):
+        axes.spines[side].set_visible(False)
+    canvas.draw()
+    image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
+    if image.size != (width, height):  # figsize * dpi may round down by a pixel
+        padded = Image.new("RGB", (width, height), "white")
+        padded.paste(image, (0, 0))
+        image = padded
+    return image
+
+
+def tb_chart(writer: DatasetWriter, *, split: str, limit: int | None, seed: int, width: int, height: int) -> None:
+    """Questions on bar charts of vega_datasets tables (task ``chart``); see `chart_items`."""
+    images: dict[Chart, str] = {}  # each chart rendered and stored once; its questions share it
+    for item in chart_items(split, limit, seed):
+        if item.chart not in images:
+            name = f"{item.chart.table}-{item.chart.key}"
+            images[item.chart] = writer.image(name, render_chart(item.chart, width, height))
+        writer.row(uid=item.uid, task="chart", question=item.question, answer=item.answer, images=[images[item.chart]])
