@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 
 from tiny_r1v.learner.inputs import PolicyInputs
@@ -62,3 +63,15 @@ class PolicyModel(nn.Module):
         index = inputs.logit_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         logits = self.model.lm_head(hidden.gather(1, index)).float() / temperature
         return logprobs_from_logits(logits, inputs.response_ids), entropy_from_logits(logits)
+
+
+def shard_policy(policy: PolicyModel, mixed_precision: MixedPrecisionPolicy) -> None:
+    """FSDP2-shard ``policy`` in place over the default process group.
+
+    One FSDP unit per transformer block (its parameters are gathered just for its own
+    forward/backward); the root unit holds embeddings, head and the vision merger.
+    """
+    model = policy.model
+    for block in (*model.model.language_model.layers, *model.model.visual.blocks):
+        fully_shard(block, mp_policy=mixed_precision)
+    fully_shard(policy, mp_policy=mixed_precision)

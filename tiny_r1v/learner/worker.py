@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty
@@ -31,7 +31,7 @@ from verl.workers.config import FSDPActorConfig
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.device import compute_dtype, resolve_device
 from tiny_r1v.learner.inputs import EncodedPrompt, PolicyInputs, collate, encode_prompt
-from tiny_r1v.learner.policy import PolicyModel
+from tiny_r1v.learner.policy import PolicyModel, shard_policy
 from tiny_r1v.protocol import TrainSample
 from tiny_r1v.timing import timed
 
@@ -171,11 +171,7 @@ class Learner:
         if trainable and self.cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy = PolicyModel(model)
-        # One FSDP unit per transformer block (its parameters are gathered just for its own
-        # forward/backward); the root unit holds embeddings, head and the vision merger.
-        for block in (*model.model.language_model.layers, *model.model.visual.blocks):
-            fully_shard(block, mp_policy=self.mixed_precision)
-        fully_shard(policy, mp_policy=self.mixed_precision)
+        shard_policy(policy, self.mixed_precision)
         return policy.to(self.device)
 
     # ---------------------------------------------------------------- training
