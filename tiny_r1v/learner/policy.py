@@ -24,7 +24,8 @@ class PolicyModel(nn.Module):
         self.model = model
 
     def forward(self, inputs: PolicyInputs, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(logprobs, entropy)``, each ``(b, R)`` float32, at sampling ``temperature``."""
+        """Returns ``(logprobs, entropy)``, each ``(b, R)`` float32, at sampling ``temperature``;
+        ``entropy`` carries no gradient."""
         if inputs.pixel_values is None:
             return self._text_only(inputs, temperature)
         hidden = self.model.model(
@@ -62,7 +63,11 @@ class PolicyModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         index = inputs.logit_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         logits = self.model.lm_head(hidden.gather(1, index)).float() / temperature
-        return logprobs_from_logits(logits, inputs.response_ids), entropy_from_logits(logits)
+        # Entropy is only logged: without a graph it frees its (b, R, vocab) softmax at once
+        # instead of holding it for the backward pass.
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits)
+        return logprobs_from_logits(logits, inputs.response_ids), entropy
 
 
 def shard_policy(policy: PolicyModel, mixed_precision: MixedPrecisionPolicy) -> None:

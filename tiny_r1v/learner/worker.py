@@ -100,6 +100,24 @@ def shard_for_rank(samples: Sequence[Any], rank: int, world_size: int, mini_batc
     ]
 
 
+def save_weights(model: torch.nn.Module, directory: Path, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """``model.save_pretrained`` of ``weights`` with floating tensors cast to ``dtype``, the
+    config saying so (``dtype="auto"`` loads it back in ``dtype``)."""
+    weights = {name: t.to(dtype) if t.is_floating_point() else t for name, t in weights.items()}
+    # Qwen2.5-VL's text and vision sub-configs carry a dtype of their own; save_pretrained
+    # writes the live (float32) parameters' dtype at the top, so config.json is written again.
+    configs = [model.config, *(getattr(model.config, key) for key in model.config.sub_configs)]
+    saved = [config.dtype for config in configs]
+    try:
+        model.save_pretrained(directory, state_dict=weights)
+        for config in configs:
+            config.dtype = dtype
+        model.config.save_pretrained(directory)
+    finally:
+        for config, old in zip(configs, saved, strict=True):
+            config.dtype = old
+
+
 class Learner:
     """One rank of the FSDP2-sharded policy (and frozen reference when ``kl_coef > 0``)."""
 
@@ -309,12 +327,14 @@ class Learner:
 
     def save(self, directory: str) -> None:
         """Write a checkpoint into ``directory`` (shared by all ranks): ``model/`` is a Hugging
-        Face safetensors checkpoint with the processor files, ``optim/rank-<r>.safetensors``
+        Face safetensors checkpoint in the compute dtype (``model.dtype``; float32 on the CPU
+        quickstart, bfloat16 on GPU, so a resume restarts from bf16-rounded master weights) with
+        the processor files, ``optim/rank-<r>.safetensors``
         this rank's optimizer shard. Resuming needs the same number of ranks."""
         directory = Path(directory)
         weights = self.full_state_dict()
         if self.rank == 0:
-            self.policy.model.save_pretrained(directory / "model", state_dict=weights)
+            save_weights(self.policy.model, directory / "model", weights, self.mixed_precision.param_dtype)
             self.processor.save_pretrained(directory / "model")
         state = get_optimizer_state_dict(self.policy, self.optimizer)
         tensors = {
