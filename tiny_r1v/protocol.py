@@ -6,8 +6,10 @@ them without custom serialisers; tensors are built on the receiving side.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from PIL import Image
+if TYPE_CHECKING:  # only an annotation: a bare GPU node may lack Pillow (bench/gpu_check.py)
+    from PIL import Image
 
 
 @dataclass(frozen=True)

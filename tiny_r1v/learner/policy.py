@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 
 from tiny_r1v.learner.inputs import PolicyInputs
@@ -23,7 +24,8 @@ class PolicyModel(nn.Module):
         self.model = model
 
     def forward(self, inputs: PolicyInputs, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(logprobs, entropy)``, each ``(b, R)`` float32, at sampling ``temperature``."""
+        """Returns ``(logprobs, entropy)``, each ``(b, R)`` float32, at sampling ``temperature``;
+        ``entropy`` carries no gradient."""
         if inputs.pixel_values is None:
             return self._text_only(inputs, temperature)
         hidden = self.model.model(
@@ -61,4 +63,20 @@ class PolicyModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         index = inputs.logit_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         logits = self.model.lm_head(hidden.gather(1, index)).float() / temperature
-        return logprobs_from_logits(logits, inputs.response_ids), entropy_from_logits(logits)
+        # Entropy is only logged: without a graph it frees its (b, R, vocab) softmax at once
+        # instead of holding it for the backward pass.
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits)
+        return logprobs_from_logits(logits, inputs.response_ids), entropy
+
+
+def shard_policy(policy: PolicyModel, mixed_precision: MixedPrecisionPolicy) -> None:
+    """FSDP2-shard ``policy`` in place over the default process group.
+
+    One FSDP unit per transformer block (its parameters are gathered just for its own
+    forward/backward); the root unit holds embeddings, head and the vision merger.
+    """
+    model = policy.model
+    for block in (*model.model.language_model.layers, *model.model.visual.blocks):
+        fully_shard(block, mp_policy=mixed_precision)
+    fully_shard(policy, mp_policy=mixed_precision)

@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty
@@ -31,7 +31,7 @@ from verl.workers.config import FSDPActorConfig
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.device import compute_dtype, resolve_device
 from tiny_r1v.learner.inputs import EncodedPrompt, PolicyInputs, collate, encode_prompt
-from tiny_r1v.learner.policy import PolicyModel
+from tiny_r1v.learner.policy import PolicyModel, shard_policy
 from tiny_r1v.protocol import TrainSample
 from tiny_r1v.timing import timed
 
@@ -98,6 +98,24 @@ def shard_for_rank(samples: Sequence[Any], rank: int, world_size: int, mini_batc
     return [
         samples[first + rank * per_rank + i] for first in range(0, len(samples), mini_batch) for i in range(per_rank)
     ]
+
+
+def save_weights(model: torch.nn.Module, directory: Path, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """``model.save_pretrained`` of ``weights`` with floating tensors cast to ``dtype``, the
+    config saying so (``dtype="auto"`` loads it back in ``dtype``)."""
+    weights = {name: t.to(dtype) if t.is_floating_point() else t for name, t in weights.items()}
+    # Qwen2.5-VL's text and vision sub-configs carry a dtype of their own; save_pretrained
+    # writes the live (float32) parameters' dtype at the top, so config.json is written again.
+    configs = [model.config, *(getattr(model.config, key) for key in model.config.sub_configs)]
+    saved = [config.dtype for config in configs]
+    try:
+        model.save_pretrained(directory, state_dict=weights)
+        for config in configs:
+            config.dtype = dtype
+        model.config.save_pretrained(directory)
+    finally:
+        for config, old in zip(configs, saved, strict=True):
+            config.dtype = old
 
 
 class Learner:
@@ -171,11 +189,7 @@ class Learner:
         if trainable and self.cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy = PolicyModel(model)
-        # One FSDP unit per transformer block (its parameters are gathered just for its own
-        # forward/backward); the root unit holds embeddings, head and the vision merger.
-        for block in (*model.model.language_model.layers, *model.model.visual.blocks):
-            fully_shard(block, mp_policy=self.mixed_precision)
-        fully_shard(policy, mp_policy=self.mixed_precision)
+        shard_policy(policy, self.mixed_precision)
         return policy.to(self.device)
 
     # ---------------------------------------------------------------- training
@@ -313,12 +327,14 @@ class Learner:
 
     def save(self, directory: str) -> None:
         """Write a checkpoint into ``directory`` (shared by all ranks): ``model/`` is a Hugging
-        Face safetensors checkpoint with the processor files, ``optim/rank-<r>.safetensors``
+        Face safetensors checkpoint in the compute dtype (``model.dtype``; float32 on the CPU
+        quickstart, bfloat16 on GPU, so a resume restarts from bf16-rounded master weights) with
+        the processor files, ``optim/rank-<r>.safetensors``
         this rank's optimizer shard. Resuming needs the same number of ranks."""
         directory = Path(directory)
         weights = self.full_state_dict()
         if self.rank == 0:
-            self.policy.model.save_pretrained(directory / "model", state_dict=weights)
+            save_weights(self.policy.model, directory / "model", weights, self.mixed_precision.param_dtype)
             self.processor.save_pretrained(directory / "model")
         state = get_optimizer_state_dict(self.policy, self.optimizer)
         tensors = {
