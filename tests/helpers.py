@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -58,3 +59,19 @@ def one_image_prompt(processor: object, question: str) -> str:
     """A user turn of one image placeholder and ``question``, chat-templated for generation."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+RED_ROW = {"question": "What colour?", "answer": "red", "task": "vqa", "images": ["images/red.png"]}
+"""A valid dataset row whose image `write_red_dataset` writes."""
+
+
+def write_red_dataset(directory: Path, rows: list[dict | str], name: str = "train.jsonl") -> Path:
+    """``rows`` (dicts, or raw lines as strings) as the JSONL file ``directory/name``, beside
+    ``images/red.png``, a red 56x56 square."""
+    from PIL import Image
+
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (56, 56), (200, 30, 30)).save(directory / "images" / "red.png")
+    path = directory / name
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import helpers
 import pytest
-from helpers import ROOT
-from PIL import Image
+from helpers import RED_ROW, ROOT, write_red_dataset
 
 from tiny_r1v.eval import runner as eval_runner
 
 CONFIG = ROOT / "configs" / "eval.yaml"
-ROW = {"question": "What colour?", "answer": "red", "task": "vqa", "images": ["images/red.png"]}
-
-
-def write_benchmark(directory: Path, rows: list[dict], name: str = "bench.jsonl") -> Path:
-    (directory / "images").mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (56, 56), (200, 30, 30)).save(directory / "images" / "red.png")
-    path = directory / name
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 @pytest.fixture
@@ -38,7 +26,7 @@ def launcher(monkeypatch):
 
 
 def test_missing_model_directory_fails_before_ray(tmp_path, tiny_model_dir):
-    bench = write_benchmark(tmp_path, [ROW])
+    bench = write_red_dataset(tmp_path, [RED_ROW])
     missing = tmp_path / "no-such-model"
     result = subprocess.run(
         [
@@ -68,8 +56,8 @@ def test_missing_benchmark_file_is_named(launcher, tmp_path, tiny_model_dir, cap
 
 
 def test_malformed_row_names_file_and_row(launcher, tmp_path, tiny_model_dir, capsys):
-    good = write_benchmark(tmp_path / "a", [ROW])
-    bad = write_benchmark(tmp_path / "b", [ROW, {**ROW, "answer": " "}, {**ROW, "task": "poetry"}])
+    good = write_red_dataset(tmp_path / "a", [RED_ROW])
+    bad = write_red_dataset(tmp_path / "b", [RED_ROW, {**RED_ROW, "answer": " "}, {**RED_ROW, "task": "poetry"}])
     assert launcher(["--models", f"base={tiny_model_dir}", "--benchmarks", f"good={good},bad={bad}"]) == 2
     err = capsys.readouterr().err
     assert f"benchmark 'bad': {bad}, row 2, column 'answer': must not be empty" in err
@@ -77,26 +65,28 @@ def test_malformed_row_names_file_and_row(launcher, tmp_path, tiny_model_dir, ca
 
 
 def test_run_directory_without_a_complete_checkpoint_is_named(launcher, tmp_path, capsys):
-    bench = write_benchmark(tmp_path, [ROW])
+    bench = write_red_dataset(tmp_path, [RED_ROW])
     (tmp_path / "run" / "checkpoints" / "step-000002.tmp" / "model").mkdir(parents=True)
     assert launcher(["--models", str(tmp_path / "run"), "--benchmarks", str(bench)]) == 2
     assert "model 'run': " in capsys.readouterr().err
 
 
 def test_bad_config_value_is_named(launcher, tmp_path, tiny_model_dir, capsys):
-    bench = write_benchmark(tmp_path, [ROW])
+    bench = write_red_dataset(tmp_path, [RED_ROW])
     assert launcher(["--models", f"base={tiny_model_dir}", "--benchmarks", str(bench), "decoding.top_p=0"]) == 2
     assert "decoding.top_p: must be in (0, 1], got 0" in capsys.readouterr().err
 
 
 def test_no_models_anywhere_is_named(launcher, tmp_path, capsys):
-    bench = write_benchmark(tmp_path, [ROW])
+    bench = write_red_dataset(tmp_path, [RED_ROW])
     assert launcher(["--benchmarks", str(bench), "models=[]"]) == 2
     assert "no models: give --models" in capsys.readouterr().err
 
 
 def test_more_images_than_the_engine_takes_is_named(launcher, tmp_path, tiny_model_dir, capsys):
-    bench = write_benchmark(tmp_path, [ROW, {**ROW, "id": "pair", "images": ["images/red.png"] * 2}])
+    bench = write_red_dataset(
+        tmp_path, [RED_ROW, {**RED_ROW, "id": "pair", "images": ["images/red.png"] * 2}], name="bench.jsonl"
+    )
     assert launcher(["--models", f"base={tiny_model_dir}", "--benchmarks", str(bench)]) == 2
     assert (
         "benchmark 'bench': example 'pair' has 2 images, more than engine.max_images_per_prompt (1)"

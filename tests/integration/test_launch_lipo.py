@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-from helpers import ROOT
-from PIL import Image
+from helpers import RED_ROW, ROOT, write_red_dataset
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -21,17 +19,6 @@ def launch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         timeout=timeout,
         cwd=ROOT,
     )
-
-
-def write_data(directory: Path, rows: list[dict]) -> Path:
-    (directory / "images").mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (56, 56), (200, 30, 30)).save(directory / "images" / "red.png")
-    path = directory / "train.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-GOOD_ROW = {"question": "What colour?", "answer": "red", "task": "vqa", "images": ["images/red.png"]}
 
 
 def test_bad_config_value_stops_before_anything_starts(tiny_model_dir):
@@ -48,7 +35,7 @@ def test_missing_model_directory_is_named(tmp_path):
 
 
 def test_bad_dataset_row_names_file_and_row(tiny_model_dir, tmp_path):
-    data = write_data(tmp_path, [GOOD_ROW, {**GOOD_ROW, "answer": ""}])
+    data = write_red_dataset(tmp_path, [RED_ROW, {**RED_ROW, "answer": ""}])
     result = launch(f"model.path={tiny_model_dir}", f"data.train_files=[{data}]", "data.task=vqa")
     assert result.returncode == 2
     assert f"{data}, row 2" in result.stderr and "answer" in result.stderr
@@ -56,8 +43,8 @@ def test_bad_dataset_row_names_file_and_row(tiny_model_dir, tmp_path):
 
 
 def test_bad_validation_row_names_file_and_row(tiny_model_dir, tmp_path):
-    train = write_data(tmp_path / "train", [GOOD_ROW])
-    val = write_data(tmp_path / "val", [GOOD_ROW, {**GOOD_ROW, "answer": ""}])
+    train = write_red_dataset(tmp_path / "train", [RED_ROW])
+    val = write_red_dataset(tmp_path / "val", [RED_ROW, {**RED_ROW, "answer": ""}])
     result = launch(
         f"model.path={tiny_model_dir}", f"data.train_files=[{train}]", f"data.val_files=[{val}]", "data.task=vqa"
     )
@@ -67,7 +54,7 @@ def test_bad_validation_row_names_file_and_row(tiny_model_dir, tmp_path):
 
 
 def test_a_new_run_over_an_earlier_runs_checkpoints_stops_before_anything_starts(tiny_model_dir, tmp_path):
-    data = write_data(tmp_path / "data", [GOOD_ROW])
+    data = write_red_dataset(tmp_path / "data", [RED_ROW])
     (tmp_path / "out" / "old" / "checkpoints" / "step-000004").mkdir(parents=True)
     result = launch(
         f"model.path={tiny_model_dir}",

@@ -16,7 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT, fill_checkpoint, launcher, snapshot, stand_in_model
+from helpers import RED_ROW as ROW
+from helpers import ROOT, fill_checkpoint, launcher, snapshot, stand_in_model, write_red_dataset
 from PIL import Image
 
 from tiny_r1v.data import convert
@@ -24,7 +25,6 @@ from tiny_r1v.eval import runner as eval_runner
 from tiny_r1v.rewards import ScoreRequest
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-ROW = {"question": "What colour?", "answer": "red", "task": "vqa", "images": ["images/red.png"]}
 
 
 def _load_launcher(name: str) -> Callable[[list[str]], int]:
@@ -40,14 +40,6 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.setattr(eval_runner, "run_eval", run_eval)
-
-
-def _write_rows(directory: Path, rows: list[dict[str, Any] | str], name: str = "train.jsonl") -> Path:
-    (directory / "images").mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (56, 56), (200, 30, 30)).save(directory / "images" / "red.png")
-    path = directory / name
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
-    return path
 
 
 def _params(cases: list[tuple[Any, ...]]) -> list[Any]:
@@ -128,7 +120,7 @@ OVERRIDE_CASES = [
 def test_lipo_refuses_bad_overrides(
     refuse_training: RefuseTraining, tmp_path: Path, override: str, message: str
 ) -> None:
-    err = refuse_training(_write_rows(tmp_path / "data", [ROW]), QUICKSTART, override)
+    err = refuse_training(write_red_dataset(tmp_path / "data", [ROW]), QUICKSTART, override)
     assert f"{QUICKSTART}: " in err and message in err
 
 
@@ -159,7 +151,7 @@ def test_lipo_refuses_bad_config_files(
 ) -> None:
     config = tmp_path / "run.yaml"
     config.write_bytes(content)
-    err = refuse_training(_write_rows(tmp_path / "data", [ROW]), config)
+    err = refuse_training(write_red_dataset(tmp_path / "data", [ROW]), config)
     assert f"{config}: {message}" in err
     assert err.count(str(config)) == 1 and "<unicode string>" not in err
 
@@ -225,7 +217,7 @@ def test_lipo_never_writes_over_an_earlier_run(
         "--config",
         str(QUICKSTART),
         f"model.path={tiny_model_dir}",
-        f"data.train_files=[{_write_rows(tmp_path / 'data', [ROW])}]",
+        f"data.train_files=[{write_red_dataset(tmp_path / 'data', [ROW])}]",
         "data.val_files=[]",
         "data.task=vqa",
         f"trainer.output_dir={tmp_path / 'out'}",
@@ -247,15 +239,40 @@ def _deep(depth: int) -> str:
 
 # (case id, rows of train.jsonl (row 1 is good), location named after the file, problem text)
 ROW_CASES: list[tuple[str, list[dict[str, Any] | str], str, str]] = [
-    ("missing column", [ROW, {k: v for k, v in ROW.items() if k != "answer"}], "row 2, column 'answer'", "missing"),
+    (
+        "missing column",
+        [ROW, {k: v for k, v in ROW.items() if k != "answer"}],
+        "row 2, column 'answer'",
+        "missing",
+    ),
     ("unknown column", [ROW, {**ROW, "anwser": "red"}], "row 2, column 'anwser'", "unknown column"),
-    ("null question", [ROW, {**ROW, "question": None}], "row 2, column 'question'", "expected str, got NoneType"),
+    (
+        "null question",
+        [ROW, {**ROW, "question": None}],
+        "row 2, column 'question'",
+        "expected str, got NoneType",
+    ),
     ("blank answer", [ROW, {**ROW, "answer": " \t"}], "row 2, column 'answer'", "must not be empty"),
-    ("absolute image path", [ROW, {**ROW, "images": ["/etc/hostname"]}], "row 2, column 'images[0]'", "relative"),
+    (
+        "absolute image path",
+        [ROW, {**ROW, "images": ["/etc/hostname"]}],
+        "row 2, column 'images[0]'",
+        "relative",
+    ),
     ("image path with ..", [ROW, {**ROW, "images": ["../secret.png"]}], "row 2, column 'images[0]'", "inside"),
     ("missing image", [ROW, {**ROW, "images": ["images/gone.png"]}], "row 2, column 'images[0]'", "not found"),
-    ("not an image", [ROW, {**ROW, "images": ["train.jsonl"]}], "row 2, column 'images[0]'", "not a known image"),
-    ("image entry a number", [ROW, {**ROW, "images": [3]}], "row 2, column 'images[0]'", "expected a relative path"),
+    (
+        "not an image",
+        [ROW, {**ROW, "images": ["train.jsonl"]}],
+        "row 2, column 'images[0]'",
+        "not a known image",
+    ),
+    (
+        "image entry a number",
+        [ROW, {**ROW, "images": [3]}],
+        "row 2, column 'images[0]'",
+        "expected a relative path",
+    ),
     ("bad base64", [ROW, {**ROW, "images": [{"bytes": "%%%"}]}], "row 2, column 'images[0]'", "invalid base64"),
     ("deep nesting", [ROW, _deep(200_000)], "row 2", "invalid JSON: nested too deeply to parse"),
     ("invalid JSON", [ROW, '{"question": "x"'], "row 2", "invalid JSON"),
@@ -270,13 +287,13 @@ ROW_CASES: list[tuple[str, list[dict[str, Any] | str], str, str]] = [
 def test_lipo_refuses_bad_rows(
     refuse_training: RefuseTraining, tmp_path: Path, rows: list[dict[str, Any] | str], location: str, problem: str
 ) -> None:
-    train = _write_rows(tmp_path / "data", rows)
+    train = write_red_dataset(tmp_path / "data", rows)
     (line,) = [line for line in refuse_training(train).splitlines() if f"{train}, {location}: " in line]
     assert problem in line
 
 
 def test_lipo_refuses_an_image_symlink_out_of_the_dataset(refuse_training: RefuseTraining, tmp_path: Path) -> None:
-    train = _write_rows(tmp_path / "data", [ROW, {**ROW, "images": ["images/link.png"]}])
+    train = write_red_dataset(tmp_path / "data", [ROW, {**ROW, "images": ["images/link.png"]}])
     Image.new("RGB", (56, 56)).save(tmp_path / "private.png")
     (tmp_path / "data" / "images" / "link.png").symlink_to(tmp_path / "private.png")
     err = refuse_training(train)
@@ -396,7 +413,7 @@ def test_convert_refuses_an_output_directory_that_is_a_file(tmp_path: Path, caps
 
 @pytest.fixture
 def bench(tmp_path: Path) -> Path:
-    return _write_rows(tmp_path / "bench", [ROW], name="bench.jsonl")
+    return write_red_dataset(tmp_path / "bench", [ROW], name="bench.jsonl")
 
 
 EVAL_CASES: list[tuple[str, Callable[[Path, Path, Path], list[str]], str]] = [
@@ -435,7 +452,10 @@ def test_eval_refuses_bad_input(
 @pytest.mark.parametrize(
     ("row", "problem"),
     [
-        ({**ROW, "images": ["../../etc/hostname"]}, "column 'images[0]': path '../../etc/hostname' must be relative"),
+        (
+            {**ROW, "images": ["../../etc/hostname"]},
+            "column 'images[0]': path '../../etc/hostname' must be relative",
+        ),
         ({**ROW, "answer": 7}, "column 'answer': expected str, got int"),
         (_deep(100_000), "invalid JSON: nested too deeply to parse"),
     ],
@@ -448,7 +468,7 @@ def test_eval_refuses_bad_benchmark_rows(
     row: dict[str, Any] | str,
     problem: str,
 ) -> None:
-    path = _write_rows(tmp_path / "bench", [ROW, row], name="hard.jsonl")
+    path = write_red_dataset(tmp_path / "bench", [ROW, row], name="hard.jsonl")
     args = ["--models", str(tiny_model_dir), "--benchmarks", str(path), "--out", str(tmp_path / "out")]
     err = _refused(lambda: _load_launcher("eval")(args), capsys, tmp_path)
     assert f"benchmark 'hard': {path}, row 2" in err and problem in err
