@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT
-from test_launch import GOOD_ROW, write_data
+from helpers import RED_ROW, ROOT, write_red_dataset
 
 from tiny_r1v.merge import PROVENANCE
 from tiny_r1v.merge.synthetic import lm_shapes, write_checkpoint
@@ -119,7 +118,7 @@ def submit() -> Iterator:
 
 @pytest.mark.vllm
 def test_lipo_trains_as_a_ray_job(submit, tiny_model_dir, tmp_path):
-    data = write_data(tmp_path / "data", [GOOD_ROW, {**GOOD_ROW, "answer": "blue"}])
+    data = write_red_dataset(tmp_path / "data", [RED_ROW, {**RED_ROW, "answer": "blue"}])
     config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     config["model"]["path"] = str(tiny_model_dir)
     config["data"].update(train_files=[str(data)], val_files=[str(data)], task="vqa")
