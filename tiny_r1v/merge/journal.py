@@ -55,6 +55,35 @@ def differences(old: Any, new: Any, key: str = "") -> list[str]:
     return [] if old == new else [f"{key}: {old} -> {new}"]
 
 
+def _lines(tmp: Path) -> tuple[Any, list[bytes]]:
+    """The journal's recorded key and its shard lines; MergeError when `tmp` holds none."""
+    path = tmp / JOURNAL
+    lines = path.read_bytes().split(b"\n") if path.is_file() else []
+    try:
+        return json.loads(lines[0])["key"], lines[1:]
+    except (IndexError, ValueError, KeyError, TypeError):
+        raise MergeError(
+            f"{tmp} exists but holds no merge journal ({JOURNAL}), so it is not an interrupted merge "
+            "of this command: remove it or choose another output"
+        ) from None
+
+
+def check_key(tmp: Path, recorded: Any, key: Mapping[str, Any]) -> None:
+    """MergeError naming each change when the interrupted merge in `tmp` was made under another
+    key than `key`."""
+    changed = differences(recorded, key)
+    if changed:
+        raise MergeError(
+            f"{tmp} holds an interrupted merge of other inputs or settings ({'; '.join(changed)}); "
+            + START_OVER.format(tmp=tmp)
+        )
+
+
+def recorded_key(tmp: Path) -> Any:
+    """The key the interrupted merge in `tmp` was made under (MergeError when it holds no journal)."""
+    return _lines(tmp)[0]
+
+
 def load(tmp: Path, key: Mapping[str, Any], shard_files: Sequence[tuple[str, int]]) -> Progress:
     """What the interrupted merge in `tmp` finished (nothing when `tmp` does not exist).
 
@@ -63,23 +92,10 @@ def load(tmp: Path, key: Mapping[str, Any], shard_files: Sequence[tuple[str, int
     shard is not on disk at its recorded size."""
     if not tmp.exists():
         return Progress()
-    path = tmp / JOURNAL
-    lines = path.read_bytes().split(b"\n") if path.is_file() else []
-    try:
-        recorded = json.loads(lines[0])["key"]
-    except (IndexError, ValueError, KeyError, TypeError):
-        raise MergeError(
-            f"{tmp} exists but holds no merge journal ({JOURNAL}), so it is not an interrupted merge "
-            "of this command: remove it or choose another output"
-        ) from None
-    changed = differences(recorded, key)
-    if changed:
-        raise MergeError(
-            f"{tmp} holds an interrupted merge of other inputs or settings ({'; '.join(changed)}); "
-            + START_OVER.format(tmp=tmp)
-        )
+    recorded, lines = _lines(tmp)
+    check_key(tmp, recorded, key)
     records = []
-    for line in lines[1:]:
+    for line in lines:
         try:
             records.append(json.loads(line))
         except ValueError:

@@ -159,13 +159,18 @@ def check_output(output: Path, overwrite: bool, sources: Sequence[Source]) -> No
 def check(cfg: MergeConfig, base_src: Source, expert_srcs: Sequence[Source]) -> MergePlan:
     """Everything `merge` checks before writing (MergeError on a problem): the output, every
     input's headers, the plan, and an interrupted merge to continue (hashing the inputs then,
-    when `hash_inputs` is on)."""
+    when `hash_inputs` is on: the merge hashes them again). The device is left to the merge: it
+    runs where Ray places it, which may not be where this runs."""
     with ExitStack() as stack:
         base, experts, plan = _open(cfg, base_src, expert_srcs, stack)
         tmp = staging_path(Path(cfg.output))
         if tmp.exists() and not cfg.restart:
             inputs = _describe_inputs([base_src, *expert_srcs], [base, *experts], cfg.hash_inputs)
-            journal.load(tmp, resume_key(cfg, resolve_device(cfg.device), inputs), _shard_files(plan))
+            # The journal's device, as far as this check goes: the merge compares the one it gets.
+            recorded = journal.recorded_key(tmp)
+            device = recorded.get("settings", {}).get("device") if isinstance(recorded, dict) else None
+            key = resume_key(cfg, torch.device(device) if device else resolve_device(cfg.device), inputs)
+            journal.load(tmp, key, _shard_files(plan))
         return plan
 
 

@@ -14,9 +14,9 @@ import yaml
 from helpers import fill_checkpoint, launcher, snapshot
 
 from tiny_r1v.config import load_config
-from tiny_r1v.merge import MergeConfig, merge
+from tiny_r1v.merge import MergeConfig, MergeError, merge
 from tiny_r1v.merge.journal import JOURNAL
-from tiny_r1v.merge.runner import staging_path
+from tiny_r1v.merge.runner import check, staging_path
 from tiny_r1v.merge.sources import resolve
 from tiny_r1v.merge.synthetic import lm_shapes, write_checkpoint
 
@@ -181,3 +181,18 @@ def test_a_changed_setting_under_an_interrupted_merge_is_named(root, capsys):
         f"{tmp} holds an interrupted merge of other inputs or settings (settings.method: task_arithmetic -> ties)"
         in err
     )
+
+
+def test_the_launchers_check_takes_the_journals_device(root):
+    """The merge that wrote the journal may have run on a GPU node this launcher does not have:
+    the launcher checks everything else and leaves the device to the merge."""
+    tmp = interrupted_merge(root)
+    head, *shards = (tmp / JOURNAL).read_bytes().split(b"\n")
+    record = json.loads(head)
+    record["key"]["settings"]["device"] = "cuda"
+    (tmp / JOURNAL).write_bytes(b"\n".join([json.dumps(record).encode(), *shards]))
+    cfg = load_config(MergeConfig, root / "amm.yaml", [f"output={root / 'out'}", "shard_size_mb=1"])
+    check(cfg, *resolve(cfg, ["runA", "other"]))  # no refusal
+    changed = load_config(MergeConfig, root / "amm.yaml", [f"output={root / 'out'}", "shard_size_mb=1", "method=ties"])
+    with pytest.raises(MergeError, match=r"settings\.method: task_arithmetic -> ties"):
+        check(changed, *resolve(changed, ["runA", "other"]))
