@@ -142,6 +142,8 @@ def warm_start(
         raise ValueError("warm_start needs at least one example")
     cfg.validate()
     source, out = Path(model_dir), Path(out_dir)
+    if out.resolve() == source.resolve() or (out / "config.json").exists():
+        raise ValueError(f"{out} holds a model: a warm start never writes over one (its source included)")
     started = time.perf_counter()
     processor = AutoProcessor.from_pretrained(source)
     threads = torch.get_num_threads()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import snapshot
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
@@ -121,3 +122,12 @@ def test_warm_start_learns_saves_and_is_deterministic(tiny_model_dir: Path, data
     processor = AutoProcessor.from_pretrained(first)
     assert processor.tokenizer.get_vocab() == AutoProcessor.from_pretrained(tiny_model_dir).tokenizer.get_vocab()
     assert model.config.vision_config.spatial_merge_size == 2
+
+
+def test_warm_start_never_writes_over_a_model(tiny_model_dir: Path, dataset: Path, tmp_path: Path) -> None:
+    examples = load_examples(dataset, min_pixels=3136, max_pixels=12544)
+    before = snapshot(tiny_model_dir)
+    for out in (tiny_model_dir, tiny_model_dir / "."):
+        with pytest.raises(ValueError, match="holds a model"):
+            warm_start(tiny_model_dir, examples, out, WarmStartConfig(steps=1, batch_size=1))
+    assert snapshot(tiny_model_dir) == before

@@ -143,6 +143,12 @@ def check_output(output: Path, overwrite: bool, sources: Sequence[Source]) -> No
                         f"output {path} {relation} the directory of {who} ({given}): a merge never writes "
                         "over its inputs, overwrite or not; choose another output"
                     )
+    aside = _aside_path(out)
+    if aside.exists() and not (aside / PROVENANCE).is_file():
+        raise MergeError(
+            f"{aside} exists and is not a previous merge's output (no {PROVENANCE}): the merge moves a replaced "
+            "output there and removes it; remove or move it yourself"
+        )
     if not out.exists():
         return
     if not overwrite:
@@ -312,10 +318,16 @@ def _discard_interrupted(tmp: Path) -> None:
         shutil.rmtree(tmp)
 
 
+def _aside_path(output: Path) -> Path:
+    """Where a replaced output waits until the new one is in place."""
+    return output.with_name(f"{output.name}.merge-old")
+
+
 def _publish(tmp: Path, output: Path) -> None:
     """Rename the finished `tmp` to `output`; a previous merge's output (checked by
-    `check_output`) is moved aside first and removed once the new one is in place."""
-    old = output.with_name(f"{output.name}.merge-old")
+    `check_output`, like anything already at the aside path) is moved aside first and removed
+    once the new one is in place."""
+    old = _aside_path(output)
     if output.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(output, old)

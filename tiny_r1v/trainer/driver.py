@@ -71,16 +71,16 @@ class Driver:
         self.step, version = (0, 0) if start is None else (start[1].step, start[1].weight_version)
         if start is not None:
             logger.info("resuming from %s (step %d)", start[0], self.step)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # First, as it refuses an earlier run's metrics before anything else in the directory changes.
+        self.metrics = MetricsLogger(
+            self.run_dir, cfg.trainer.loggers, cfg.trainer.experiment_name, cfg.trainer.total_steps, self.step
+        )
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         # Rollout workers always start from the configured model (version 0), also when resuming:
         # Ray rebuilds a restarted worker from its constructor arguments, and a checkpoint
         # directory may be pruned by then. A worker on an older version is brought up to date.
         self.graph = ActorGraph(cfg, None if start is None else str(start[0]))
         self.weights = WeightSync(self.graph.learners, self.graph.rollouts, version)
-        self.metrics = MetricsLogger(
-            self.run_dir, cfg.trainer.loggers, cfg.trainer.experiment_name, cfg.trainer.total_steps, self.step
-        )
         if start is not None:
             self.weights.load_all()
 

@@ -196,3 +196,11 @@ def test_the_launchers_check_takes_the_journals_device(root):
     changed = load_config(MergeConfig, root / "amm.yaml", [f"output={root / 'out'}", "shard_size_mb=1", "method=ties"])
     with pytest.raises(MergeError, match=r"settings\.method: task_arithmetic -> ties"):
         check(changed, *resolve(changed, ["runA", "other"]))
+
+
+def test_a_directory_at_the_aside_path_that_is_no_merge_output_is_refused(root, capsys):
+    aside = root / "out.merge-old"
+    aside.mkdir()
+    (aside / "notes.txt").write_text("mine")
+    err = refused(root, capsys, "--experts", "runA,other", "--out", str(root / "out"))
+    assert f"{aside} exists and is not a previous merge's output" in err
