@@ -1,6 +1,6 @@
 """One-command check of the learner and the merge maths at Qwen2.5-VL-3B scale on a bare GPU node.
 
-    python bench/gpu_check.py --out DIR            # one CUDA GPU, about 2-5 minutes
+    python bench/gpu_check.py --out DIR            # one CUDA GPU (budget: 8 minutes; not yet run on one)
     python bench/gpu_check.py --dry-run --out DIR  # the same code path on CPU, tiny shapes
 
 Needs only torch, transformers, safetensors, numpy and PyYAML (transformers' own dependencies):

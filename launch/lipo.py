@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         order = checkpoint.order_of(cfg, len(examples))
         start = checkpoint.start_point(checkpoint.run_dir(cfg), args.resume, order)
-    except (ConfigError, DatasetError, ValueError) as err:
+    except (ConfigError, DatasetError, checkpoint.ExistingRunError, checkpoint.CheckpointError) as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 2
 

@@ -1,8 +1,10 @@
 """What a run prints: its progress bar, warnings, errors and end-of-run summary on the console;
 the INFO lines of Ray, vLLM, torch and our own modules in log files under the run's ``logs/``.
 
-`--verbose` on a launcher (or ``TINY_R1V_VERBOSE=1``) sets the config's ``verbose`` key, which
-every actor receives with its config, and brings all of it back to the console.
+`--verbose` on a launcher (or ``TINY_R1V_VERBOSE=1``) brings all of it back to the console. For
+training and evaluation it sets the config's ``verbose`` key, which every actor receives with its
+config; the merge's one actor keeps its console (its output is the progress bar Ray draws), so
+there the flag only concerns the launcher's and Ray's lines.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ def count_groups(group: torch.Tensor) -> int:
     return int(group.max()) + 1 if group.numel() else 0
 
 
+def group_size(group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """``|g|``: members per group, long."""
+    return torch.bincount(group, minlength=num_groups)
+
+
 def group_sum(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
     """``sum_{i in g} values_i`` per group."""
     return torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, group, values)

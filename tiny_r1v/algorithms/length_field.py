@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tiny_r1v.algorithms.groups import group_max, group_mean_std, group_min, group_sum
+from tiny_r1v.algorithms.groups import group_max, group_mean_std, group_min, group_size, group_sum
 
 
 def overlong_penalty(lengths: torch.Tensor, truncated: torch.Tensor, l_max: int, l_cache: float) -> torch.Tensor:
@@ -62,7 +62,7 @@ def sample_optimal_length(
     """
     shortest_correct = group_min(torch.where(correct, lengths, torch.full_like(lengths, torch.inf)), group, num_groups)
     any_correct = group_sum(correct.to(torch.long), group, num_groups) > 0
-    counts = torch.bincount(group, minlength=num_groups).to(lengths.dtype)
+    counts = group_size(group, num_groups).to(lengths.dtype)
     mean = group_sum(lengths, group, num_groups) / counts
     return torch.where(any_correct, shortest_correct, mean)[group]
 

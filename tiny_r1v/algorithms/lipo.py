@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from verl.utils import as_torch_index
 
-from tiny_r1v.algorithms.groups import count_groups, group_mean_std, group_sum, zero_for_equal_groups
+from tiny_r1v.algorithms.groups import count_groups, group_mean_std, group_size, group_sum, zero_for_equal_groups
 
 LOptOver = Literal["all", "correct"]
 
@@ -106,7 +106,8 @@ def optimal_lengths(lengths: torch.Tensor, group: torch.Tensor, include: torch.T
     include = include | ~has_any[group]
     order = _sort_within_groups(group, ~include, lengths)
     count = group_sum(include.to(torch.long), group, num_groups)
-    start = torch.cumsum(torch.bincount(group, minlength=num_groups), 0) - torch.bincount(group, minlength=num_groups)
+    size = group_size(group, num_groups)
+    start = torch.cumsum(size, 0) - size
     sorted_lengths = lengths[order]
     shortest = sorted_lengths[start]
     median = 0.5 * (sorted_lengths[start + (count - 1) // 2] + sorted_lengths[start + count // 2])
@@ -141,8 +142,8 @@ def scale_by_weights(
     advantages: torch.Tensor, weights: torch.Tensor, group: torch.Tensor, num_groups: int
 ) -> torch.Tensor:
     """``A_i * G * w_i / sum_j w_j`` (SPEC §2 switch ``lipo.scale_by_weight``)."""
-    group_size = torch.bincount(group, minlength=num_groups).to(advantages.dtype)
-    return advantages * group_size[group] * weights / group_sum(weights, group, num_groups)[group]
+    size = group_size(group, num_groups).to(advantages.dtype)
+    return advantages * size[group] * weights / group_sum(weights, group, num_groups)[group]
 
 
 def _check_inputs(rewards: torch.Tensor, lengths: torch.Tensor, l_max: float, kappa: float, l_opt_over: str) -> None:

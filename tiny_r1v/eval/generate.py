@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from tiny_r1v.console import quiet_actor
 from tiny_r1v.data import Example, render_prompt
-from tiny_r1v.device import compute_dtype, resolve_device
 from tiny_r1v.eval.config import EvalConfig
 from tiny_r1v.rewards.completions import decode
 from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec
@@ -39,8 +38,7 @@ class Generation:
 
 def engine_model(cfg: EvalConfig, model_dir: str) -> EngineModel:
     """A model directory as every evaluation engine serves it (the config's device and dtype)."""
-    dtype = compute_dtype(cfg.dtype, resolve_device(cfg.device))
-    return EngineModel(path=model_dir, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    return EngineModel.resolve(model_dir, cfg.dtype, cfg.device, cfg.trust_remote_code)
 
 
 def sampling(cfg: EvalConfig) -> SamplingSpec:

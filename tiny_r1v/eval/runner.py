@@ -20,10 +20,10 @@ from typing import Any
 
 from tiny_r1v.config import to_dict
 from tiny_r1v.console import ray_init_options
-from tiny_r1v.device import resolve_device
+from tiny_r1v.device import compute_dtype, resolve_device
 from tiny_r1v.eval import cache
 from tiny_r1v.eval.config import EvalConfig
-from tiny_r1v.eval.generate import Generation, engine_model
+from tiny_r1v.eval.generate import Generation
 from tiny_r1v.eval.inputs import Benchmark, ModelSource
 from tiny_r1v.eval.metrics import SampleRecord, Summary, table
 from tiny_r1v.eval.report import write_report
@@ -52,7 +52,7 @@ class EvalResult:
 
 def engine_dtype(cfg: EvalConfig) -> str:
     """The dtype the engines compute in (`auto` resolved): it changes the responses."""
-    return str(engine_model(cfg, "").dtype).removeprefix("torch.")
+    return str(compute_dtype(cfg.dtype, resolve_device(cfg.device))).removeprefix("torch.")
 
 
 def pair_settings(cfg: EvalConfig, model: ModelSource, benchmark: Benchmark) -> dict[str, Any]:

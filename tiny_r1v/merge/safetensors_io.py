@@ -238,7 +238,6 @@ class ShardWriter:
     ) -> None:
         self.dir = out_dir
         self.weight_map = {name: shard_name(i, len(shards)) for i, shard in enumerate(shards) for name in shard}
-        self.total_bytes = 0
         self._order = [name for shard in shards[start_shard:] for name in shard]
         self._layout = layout
         self._headers = [_header([(name, *layout[name]) for name in shard]) for shard in shards]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tiny_r1v.device import compute_dtype, resolve_device
+
 
 @dataclass(frozen=True)
 class EngineModel:
@@ -17,6 +19,12 @@ class EngineModel:
     dtype: torch.dtype
     """Compute dtype, already resolved for the device (see `tiny_r1v.device.compute_dtype`)."""
     trust_remote_code: bool = False
+
+    @classmethod
+    def resolve(cls, path: str, dtype: str, device: str, trust_remote_code: bool) -> EngineModel:
+        """`path` served in the dtype a config's `dtype` and `device` settings (``auto`` allowed)
+        resolve to."""
+        return cls(path, compute_dtype(dtype, resolve_device(device)), trust_remote_code)
 
 
 @dataclass(frozen=True)

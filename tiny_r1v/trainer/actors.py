@@ -14,7 +14,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.console import quiet_actor
-from tiny_r1v.device import compute_dtype, resolve_device
+from tiny_r1v.device import resolve_device
 from tiny_r1v.learner.worker import Learner
 from tiny_r1v.protocol import Completion, Prompt
 from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec
@@ -37,12 +37,6 @@ def _use_all_cores(device: torch.device) -> None:
         torch.set_num_threads(cores)
 
 
-def engine_model(cfg: TrainConfig) -> EngineModel:
-    """The policy's start checkpoint as the rollout engines serve it."""
-    dtype = compute_dtype(cfg.model.dtype, resolve_device(cfg.trainer.device))
-    return EngineModel(path=cfg.model.path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
-
-
 def rollout_sampling(cfg: TrainConfig) -> SamplingSpec:
     """How the rollout engines sample a group."""
     rollout = cfg.rollout
@@ -55,7 +49,8 @@ def build_rollout_llm(cfg: TrainConfig):  # -> vllm.LLM, imported lazily (the dr
     """The vLLM engine of a rollout worker (tests build the same one)."""
     from tiny_r1v.rollout.engine import build_llm
 
-    return build_llm(engine_model(cfg), cfg.rollout, cfg.data.max_prompt_length, cfg.rollout.seed)
+    model = EngineModel.resolve(cfg.model.path, cfg.model.dtype, cfg.trainer.device, cfg.model.trust_remote_code)
+    return build_llm(model, cfg.rollout, cfg.data.max_prompt_length, cfg.rollout.seed)
 
 
 class RolloutWorker:

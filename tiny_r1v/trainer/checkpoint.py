@@ -52,7 +52,8 @@ class TrainerState:
 
 
 class ExistingRunError(ValueError):
-    """A new run would write into the checkpoints of an earlier one."""
+    """A run cannot start in its run directory as asked: a new run would write over an earlier
+    one's checkpoints or metrics, or the checkpoint to resume was saved under other settings."""
 
 
 class CheckpointError(ValueError):
@@ -80,7 +81,7 @@ def check_resumable(path: Path, state: TrainerState, order: dict[str, int | bool
         f"{key} {state.order.get(key)} -> {value}" for key, value in order.items() if state.order.get(key) != value
     ]
     if changed:
-        raise ValueError(
+        raise ExistingRunError(
             f"{path}: saved under other settings ({', '.join(changed)}); resuming would change the "
             "prompts and samples of the remaining steps"
         )
@@ -104,11 +105,12 @@ def start_point(run_dir: Path, resume: bool, order: dict[str, int | bool]) -> tu
     step 0 only where nothing of an earlier run would be written over. Runs before any actor
     starts, so a refusal costs no start-up.
     """
-    damaged = {
-        path: problems for path in _published(checkpoint_root(run_dir)) if (problems := checkpoint_problems(path))
-    }
-    if resume and (found := latest(run_dir)) is not None:
-        check_resumable(found[0], found[1], order)
+    published = _published(checkpoint_root(run_dir))
+    damaged = {path: problems for path in published if (problems := checkpoint_problems(path))}
+    complete = [path for path in published if path not in damaged]
+    if resume and complete:
+        found = complete[-1], read_state(complete[-1])
+        check_resumable(*found, order)
         for path, problems in damaged.items():
             if _step(path) > found[1].step:
                 logger.warning("passing over the incomplete checkpoint %s: %s", path, "; ".join(problems))
@@ -275,10 +277,13 @@ def resolve_model_dir(path: Path, step: int | None, who: str) -> Path:
 def latest(run_dir: Path) -> tuple[Path, TrainerState] | None:
     """The newest complete checkpoint of a run and its state, if any."""
     found = complete_checkpoints(checkpoint_root(run_dir))
-    if not found:
-        return None
-    path = found[-1]
+    return (found[-1], read_state(found[-1])) if found else None
+
+
+def read_state(path: Path) -> TrainerState:
+    """The state of complete checkpoint `path` (CheckpointError when its state file is of
+    another version)."""
     try:
-        return path, TrainerState(**json.loads((path / STATE_FILE).read_text()))
+        return TrainerState(**json.loads((path / STATE_FILE).read_text()))
     except TypeError as err:
-        raise ValueError(f"{path / STATE_FILE}: not a state file of this version ({err})") from None
+        raise CheckpointError(f"{path / STATE_FILE}: not a state file of this version ({err})") from None
