@@ -181,3 +181,37 @@ def test_two_ranks_match_one_rank(trained: dict[int, dict]) -> None:
     assert mean == pytest.approx(one["metrics"]["pg_loss"], rel=1e-4, abs=1e-7)
     for name, weight in one["after"].items():
         torch.testing.assert_close(two["after"][name], weight, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def _resume_main(port: int, model_dir: str, directory: str, out: dict) -> None:
+    from transformers import AutoProcessor
+
+    from tiny_r1v.learner.worker import Learner
+
+    cfg = learner_config(Path(model_dir), 1, **{"model.dtype": "bfloat16"})
+    samples = make_samples(AutoProcessor.from_pretrained(model_dir))
+    learner = Learner(cfg, 0, 1, "127.0.0.1", port)
+    learner.train_step(samples)
+    learner.save(directory)
+    out["masters"] = learner.full_state_dict()
+    learner.close()
+    resumed = Learner(cfg, 0, 1, "127.0.0.1", _free_port(), checkpoint=directory)
+    out["resumed"] = resumed.full_state_dict()
+    resumed.close()
+
+
+def test_a_bfloat16_checkpoint_resumes_from_the_float32_masters(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The model file is rounded to bf16 (what the merge and evaluation read); the learner resumes
+    from the float32 masters saved beside the optimizer state, not from the rounded weights."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        out = manager.dict()
+        proc = ctx.Process(target=_resume_main, args=(_free_port(), str(tiny_model_dir), str(tmp_path), out))
+        proc.start()
+        proc.join(timeout=300)
+        assert proc.exitcode == 0
+        masters, resumed = out["masters"], out["resumed"]
+    assert masters.keys() == resumed.keys()
+    assert all(torch.equal(masters[name], resumed[name]) for name in masters)
+    rounded = [name for name, t in masters.items() if not torch.equal(t, t.to(torch.bfloat16).float())]
+    assert rounded  # the masters are not representable in bf16, so the model file alone would not do

@@ -35,6 +35,9 @@ from tiny_r1v.learner.policy import PolicyModel, shard_policy
 from tiny_r1v.protocol import TrainSample
 from tiny_r1v.timing import timed
 
+# Keys of the float32 master weights in a rank's optimizer file (the optimizer's are `<name>/<slot>`).
+_MASTER = "param/"
+
 # Checkpoint keys of the wrapped model start with the wrapper's attribute name.
 _WRAPPER_PREFIX = "model."
 
@@ -81,6 +84,16 @@ def _local(value: torch.Tensor) -> torch.Tensor:
     if isinstance(value, DTensor):
         value = value.to_local()
     return value.detach().cpu().contiguous()
+
+
+def _copy_into(target: torch.Tensor, saved: torch.Tensor | None, what: str) -> None:
+    """Copy a saved shard into this rank's live tensor, in its own storage (on the GPU a copy
+    made by `_local` would be a throwaway); ValueError naming `what` when missing or reshaped."""
+    local = target.to_local() if isinstance(target, DTensor) else target
+    if saved is None or saved.shape != local.shape:
+        raise ValueError(f"{what} missing or of another shape")
+    with torch.no_grad():
+        local.copy_(saved)
 
 
 def shard_for_rank(samples: Sequence[Any], rank: int, world_size: int, mini_batch: int) -> list[Any]:
@@ -173,7 +186,7 @@ class Learner:
         )
         self.policy_loss = get_policy_loss_fn("vanilla")
         if checkpoint is not None:
-            self._load_optimizer(Path(checkpoint))
+            self._load_training_state(Path(checkpoint))
 
     def _load_policy(self, path: str, trainable: bool) -> PolicyModel:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
@@ -328,9 +341,10 @@ class Learner:
     def save(self, directory: str) -> None:
         """Write a checkpoint into ``directory`` (shared by all ranks): ``model/`` is a Hugging
         Face safetensors checkpoint in the compute dtype (``model.dtype``; float32 on the CPU
-        quickstart, bfloat16 on GPU, so a resume restarts from bf16-rounded master weights) with
-        the processor files, ``optim/rank-<r>.safetensors``
-        this rank's optimizer shard. Resuming needs the same number of ranks."""
+        quickstart, bfloat16 on GPU: what the merge and evaluation read) with the processor files;
+        ``optim/rank-<r>.safetensors`` holds this rank's optimizer shard and its float32 master
+        weights (``param/<name>``), so a resume continues from the masters, not from the rounded
+        model. Resuming needs the same number of ranks."""
         directory = Path(directory)
         weights = self.full_state_dict()
         if self.rank == 0:
@@ -340,25 +354,22 @@ class Learner:
         tensors = {
             f"{name}/{key}": _local(value) for name, slots in state["state"].items() for key, value in slots.items()
         }
+        tensors.update({f"{_MASTER}{name}": _local(param) for name, param in self.policy.named_parameters()})
         (directory / "optim").mkdir(parents=True, exist_ok=True)
         save_file(tensors, directory / "optim" / f"rank-{self.rank}.safetensors")
         dist.barrier()
 
-    def _load_optimizer(self, directory: Path) -> None:
+    def _load_training_state(self, directory: Path) -> None:
         path = directory / "optim" / f"rank-{self.rank}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no optimizer shard for rank {self.rank} (saved with fewer ranks?)")
         saved = load_file(path)
+        for name, param in self.policy.named_parameters():
+            _copy_into(param, saved.get(f"{_MASTER}{name}"), f"{path}: master weights {name}")
         state = get_optimizer_state_dict(self.policy, self.optimizer)
         for name, slots in state["state"].items():
             for key, value in slots.items():
-                tensor = saved.get(f"{name}/{key}")
-                # Into the state's own storage (on the GPU, `_local`'s CPU copy would be a throwaway).
-                target = value.to_local() if isinstance(value, DTensor) else value
-                if tensor is None or tensor.shape != target.shape:
-                    raise ValueError(f"{path}: optimizer state {name}/{key} missing or of another shape")
-                with torch.no_grad():
-                    target.copy_(tensor)
+                _copy_into(value, saved.get(f"{name}/{key}"), f"{path}: optimizer state {name}/{key}")
         set_optimizer_state_dict(self.policy, self.optimizer, state)
 
     def close(self) -> None:
