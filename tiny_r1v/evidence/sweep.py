@@ -24,7 +24,8 @@ from tiny_r1v.config.loader import ConfigError, load_config, require, section
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.evidence.sweep_report import RunRecord, Status
 from tiny_r1v.tasks import Task
-from tiny_r1v.trainer.checkpoint import METRICS_FILE
+from tiny_r1v.trainer import checkpoint
+from tiny_r1v.trainer.checkpoint import METRICS_FILE, TrainerState
 
 if TYPE_CHECKING:
     from tiny_r1v.data import Example
@@ -278,16 +279,39 @@ RunOne = Callable[[TrainConfig], None]
 RunHook = Callable[[Run, Outcome], None]
 
 
+def start_of(directory: Path, order: dict[str, int | bool]) -> tuple[Path, TrainerState] | None:
+    """Where a run of the grid starts: ``checkpoint.start_point(directory, resume=True, order)``,
+    except for a run interrupted before its first checkpoint, which has nothing to resume from
+    (``launch/lipo.py --resume`` refuses it): when its metrics file is all it left (no
+    checkpoint directory of any kind), the file is set aside as ``metrics.jsonl.abandoned-<k>``
+    and the run starts over at step 0."""
+    try:
+        return checkpoint.start_point(directory, True, order)
+    except checkpoint.ExistingRunError:
+        root = checkpoint.checkpoint_root(directory)
+        if root.is_dir() and any(root.iterdir()):
+            raise
+    metrics = directory / METRICS_FILE
+    k = 1 + sum(1 for _ in directory.glob(f"{METRICS_FILE}.abandoned-*"))
+    metrics.rename(metrics.with_name(f"{METRICS_FILE}.abandoned-{k}"))
+    logger.warning(
+        "%s: no checkpoint to resume from; starting over (earlier metrics kept as %s.abandoned-%d)",
+        directory,
+        METRICS_FILE,
+        k,
+    )
+    return checkpoint.start_point(directory, True, order)
+
+
 def run_training(cfg: TrainConfig, on_step_end: StepHook | None = None) -> None:
     """One training run through the actor graph on the Ray instance already started, with
     ``launch/lipo.py --resume`` semantics (a new run starts at step 0, an interrupted one
-    continues from its newest complete checkpoint); its actors are shut down before it returns.
-    ``on_step_end`` goes to `Driver.run`."""
-    from tiny_r1v.trainer import checkpoint
+    continues from its newest complete checkpoint; see `start_of`); its actors are shut down
+    before it returns. ``on_step_end`` goes to `Driver.run`."""
     from tiny_r1v.trainer.driver import Driver
 
     examples, val_examples = (_examples(cfg, files) for files in (cfg.data.train_files, cfg.data.val_files))
-    start = checkpoint.start_point(checkpoint.run_dir(cfg), True, checkpoint.order_of(cfg, len(examples)))
+    start = start_of(checkpoint.run_dir(cfg), checkpoint.order_of(cfg, len(examples)))
     driver = Driver(cfg, examples, val_examples, start)
     try:
         driver.run(on_step_end)

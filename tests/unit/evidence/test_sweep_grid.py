@@ -13,6 +13,7 @@ from helpers import ROOT, launcher
 from tiny_r1v.config import ConfigError
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.evidence import sweep
+from tiny_r1v.trainer.checkpoint import ExistingRunError
 
 SHIPPED = ROOT / "configs" / "sweep.yaml"
 
@@ -151,3 +152,17 @@ def test_launcher_names_missing_inputs_before_ray_starts(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no model directory at outputs/quickstart-assets/warm-model" in err or "model.path" in err
     assert "data.train_files: no file a.jsonl" in err and "data.val_files: no file b.jsonl" in err
+
+
+def test_a_run_cut_short_before_its_first_checkpoint_starts_over(tmp_path):
+    order = {"dataset_size": 4}
+    write_rows(tmp_path / "run", [{"step": 0, **VAL}])
+    assert sweep.start_of(tmp_path / "run", order) is None  # step 0
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert (tmp_path / "run" / "metrics.jsonl.abandoned-1").is_file()
+    assert sweep.start_of(tmp_path / "empty", order) is None
+    # An incomplete checkpoint is left for a person to judge: the run fails, saying why.
+    write_rows(tmp_path / "run", [{"step": 0, **VAL}])
+    (tmp_path / "run" / "checkpoints" / "step-000001").mkdir(parents=True)
+    with pytest.raises(ExistingRunError, match="nothing complete to resume from"):
+        sweep.start_of(tmp_path / "run", order)
