@@ -254,6 +254,7 @@ def curves(records: Sequence[RunRecord], task: str) -> dict[str, dict[str, list[
 def plot_curves(records: Sequence[RunRecord], task: str, path: Path) -> None:
     """Accuracy and mean tokens per validation step, one line per method (mean over seeds)."""
     from matplotlib.figure import Figure  # deferred: only the report needs matplotlib
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(10, 4), layout="constrained")
     acc_axes, len_axes = figure.subplots(1, 2)
@@ -262,6 +263,7 @@ def plot_curves(records: Sequence[RunRecord], task: str, path: Path) -> None:
         len_axes.plot(curve["step"], curve["tokens"], marker="o", color=f"C{i % 10}", label=method)
     for axes, label in ((acc_axes, "held-out accuracy (%)"), (len_axes, "mean generated tokens")):
         axes.set_xlabel("step")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
     acc_axes.legend(fontsize="small")
