@@ -211,7 +211,9 @@ def train_overrides(sweep: SweepConfig, run: Run) -> list[str]:
 
 
 def train_config(sweep: SweepConfig, run: Run) -> TrainConfig:
-    """The run's training config; a ConfigError names the run."""
+    """The run's training config; a ConfigError names the run (or the missing base config)."""
+    if not Path(sweep.base_config).is_file():
+        raise ConfigError(("base_config", f"no training config file at {sweep.base_config}"))
     try:
         return load_config(TrainConfig, sweep.base_config, train_overrides(sweep, run))
     except ConfigError as err:

@@ -166,3 +166,9 @@ def test_a_run_cut_short_before_its_first_checkpoint_starts_over(tmp_path):
     (tmp_path / "run" / "checkpoints" / "step-000001").mkdir(parents=True)
     with pytest.raises(ExistingRunError, match="nothing complete to resume from"):
         sweep.start_of(tmp_path / "run", order)
+
+
+def test_a_missing_base_config_is_named(tmp_path):
+    cfg = small(tmp_path, base_config=str(tmp_path / "nope.yaml"))  # the sweep config itself loads
+    with pytest.raises(ConfigError, match=r"base_config: no training config file at .*nope.yaml"):
+        sweep.train_config(cfg, sweep.plan(cfg)[0])
