@@ -15,6 +15,8 @@ from typing import Any
 
 from tiny_r1v.eval.metrics import AVERAGE, Summary
 
+MARKERS = "osD^vP*Xph<>"
+"""Scatter markers, one per benchmark or task."""
 REPORT_FILES = ("results.md", "results.csv", "results.json", "results.png")
 """What `write_report` writes into the output directory."""
 
@@ -73,7 +75,6 @@ def plot(rows: Sequence[Summary], path: Path) -> None:
     points = [row for row in rows if row.benchmark != AVERAGE]
     models = list(dict.fromkeys(row.model for row in points))
     benchmarks = list(dict.fromkeys(row.benchmark for row in points))
-    markers = "osD^vP*Xph<>"
     figure = Figure(figsize=(6.4, 4.8), layout="constrained")
     axes = figure.add_subplot()
     colours = [f"C{i % 10}" for i in range(len(models))]
@@ -82,15 +83,22 @@ def plot(rows: Sequence[Summary], path: Path) -> None:
             row.mean_tokens,
             100 * row.accuracy,
             color=colours[models.index(row.model)],
-            marker=markers[benchmarks.index(row.benchmark) % len(markers)],
+            marker=MARKERS[benchmarks.index(row.benchmark) % len(MARKERS)],
             s=60,
         )
-    # Legend entries by hand: one per model (colour) and one per benchmark (marker).
-    for model, colour in zip(models, colours, strict=True):
-        axes.scatter([], [], color=colour, marker="o", label=model)
-    for i, benchmark in enumerate(benchmarks):
-        axes.scatter([], [], color="grey", marker=markers[i % len(markers)], label=benchmark)
-    axes.set_xlabel("mean generated tokens")
+    finish_scatter(figure, axes, dict(zip(models, colours, strict=True)), benchmarks, "mean generated tokens", path)
+
+
+def finish_scatter(
+    figure: Any, axes: Any, colours: dict[str, str], marked: Sequence[str], xlabel: str, path: Path
+) -> None:
+    """Label an accuracy (%) scatter plot, add legend entries by hand (one per colour, one per
+    marker: the ``i``-th of ``marked`` has ``MARKERS[i]``) and save the figure to ``path``."""
+    for label, colour in colours.items():
+        axes.scatter([], [], color=colour, marker="o", label=label)
+    for i, label in enumerate(marked):
+        axes.scatter([], [], color="grey", marker=MARKERS[i % len(MARKERS)], label=label)
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("accuracy (%)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")

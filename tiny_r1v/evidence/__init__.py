@@ -1,0 +1,1 @@
+"""Evidence for the LIPO claims: grids of training runs and their reports."""
