@@ -179,13 +179,14 @@ def format_checks(report: dict) -> str:
         f"{'task':<6} {'prompts':>7} {'acc':>6} {'mixed':>6} {'all-ok':>6} {'all-0':>6} "
         f"{'trunc':>6} {'tokens':>6} {'blank':>6}",
     ]
-    for task, row in real.items():
+    tasks = [task for task in real if task != "all"]
+    for task in [*tasks, "all"]:
+        row = real[task]
         lines.append(
             f"{task:<6} {row['prompts']:>7} {row['accuracy']:>6.3f} {row['mixed']:>6.2f} {row['all_correct']:>6.2f} "
             f"{row['all_wrong']:>6.2f} {row['truncated']:>6.3f} {row['mean_tokens']:>6.1f} "
             f"{blank[task]['accuracy']:>6.3f}"
         )
-    tasks = [task for task in real if task != "all"]
     low, high = ACCURACY_BAND
 
     def marks(prefix: str) -> str:
