@@ -1,0 +1,417 @@
+"""The common base the length-control methods start from, built by one cached command.
+
+    python -m tiny_r1v.evidence.base --out outputs/evidence
+
+writes under ``--out`` (each part skipped when it already exists):
+
+- ``data/{math,chart,ocr}/{train,test}.jsonl``: the offline testbed (docs/testbed.md), train
+  rows capped at ``--train-rows`` per task, test splits whole;
+- ``base-model/``: the tiny factory Qwen2.5-VL (`tiny_r1v.models.tiny`);
+- ``warm-model/``: the base after a supervised warm start on the three-task mixture
+  (`tiny_r1v.warmstart`): ``<think>`` reasoning of 0..6 filler sentences, then ``\\boxed{}``;
+- ``checks.json`` (and ``checks-samples.jsonl``, every scored sample): three checks on held-out
+  prompts, sampled as RL samples them (temperature 1, ``n`` per prompt, fixed seed) on the real
+  vLLM CPU engine, printed as a table:
+
+  1. per-task sampled accuracy, and the share of groups that are mixed / all-correct / all-wrong;
+  2. the share of samples truncated at the response limit the method sweep will use;
+  3. a blank-image control: the same prompts and sample seeds with every image replaced by a white
+     image of the same size.
+
+The figures are pure functions of the scored samples (`task_figures`, `verdicts`); only
+`sample_scored` runs an engine. docs/experiments.md ("The common base") records a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from tiny_r1v.data import Example, load_examples, render_prompt
+from tiny_r1v.tasks import PromptFormat
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+    from vllm import LLM
+
+TESTBED_KINDS: dict[str, str] = {"math": "tb-math", "chart": "tb-chart", "ocr": "tb-ocr"}
+"""Task -> converter kind of `python -m tiny_r1v.data.convert`."""
+
+ACCURACY_BAND = (0.2, 0.8)
+"""Check 1: per-task sampled accuracy must lie in this band (both ends included)."""
+MAX_TRUNCATED = 0.10
+"""Check 2: the truncated share must stay below this."""
+BLANK_GAP = 0.10
+"""Check 3: every task's blank-image accuracy must be at least this much below its real one."""
+
+CHECKS_FILE = "checks.json"
+SAMPLES_FILE = "checks-samples.jsonl"
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """Settings of the base; every part is a deterministic function of them (the engine's
+    sampling is seeded; its floating point may differ across CPUs)."""
+
+    seed: int = 0
+    """Seed of the data subsets, the model's weights and the warm start."""
+    train_rows: int = 1000
+    """Train rows per task (tb-chart has 1,124 in all)."""
+    hidden_size: int = 128
+    """Text tower width of the tiny model."""
+    num_layers: int = 2
+    """Text tower depth of the tiny model."""
+    warm_start_steps: int = 2000
+    """Supervised steps on the mixture (batch 16)."""
+    min_pixels: int = 3136
+    max_pixels: int = 12544
+    """Image bounds, as configs/quickstart.yaml sets them (a 112x112 chart costs 16 tokens)."""
+    max_prompt_length: int = 256
+    max_response_length: int = 96
+    """The response limit of the method sweep; above the warm start's longest target."""
+    check_prompts: int = 64
+    """Held-out prompts per task (a seeded subset of each test split)."""
+    n: int = 8
+    """Samples per prompt (the RL group size of the checks)."""
+    sample_seed: int = 1
+    """vLLM sampling seed (the blank control reuses it)."""
+    prompt_format: PromptFormat = "boxed"
+
+
+# ---------------------------------------------------------------------------------------------
+# pure: figures from scored samples
+
+
+@dataclass(frozen=True)
+class ScoredSample:
+    """One sampled response and its score."""
+
+    uid: str
+    task: str
+    sample: int
+    """Index within the prompt's group."""
+    response: str
+    accuracy: float
+    """SPEC §1 task accuracy (1 - NED for ocr, so it can be partial)."""
+    tokens: int
+    truncated: bool
+    """Stopped by the response limit rather than the end-of-turn token."""
+
+
+@dataclass(frozen=True)
+class TaskFigures:
+    prompts: int
+    samples: int
+    accuracy: float
+    """Mean accuracy over all samples."""
+    mixed: float
+    """Share of groups whose accuracies differ (the groups GRPO-style advantages learn from)."""
+    all_correct: float
+    """Share of groups whose every sample scores 1."""
+    all_wrong: float
+    """Share of groups whose every sample scores 0."""
+    truncated: float
+    """Share of samples truncated at the response limit."""
+    mean_tokens: float
+
+
+def group_kind(accuracies: Sequence[float]) -> str:
+    """'all-correct', 'all-wrong', 'mixed', or 'tied' (equal partial scores: no signal either)."""
+    if not accuracies:
+        raise ValueError("a group needs at least one sample")
+    if len(set(accuracies)) > 1:
+        return "mixed"
+    return {1.0: "all-correct", 0.0: "all-wrong"}.get(accuracies[0], "tied")
+
+
+def task_figures(samples: Sequence[ScoredSample]) -> dict[str, TaskFigures]:
+    """Figures per task, plus 'all' over every sample (groups are the samples of one uid)."""
+    by_task: dict[str, list[ScoredSample]] = {}
+    for sample in samples:
+        by_task.setdefault(sample.task, []).append(sample)
+        by_task.setdefault("all", []).append(sample)
+    return {task: _figures(rows) for task, rows in by_task.items()}
+
+
+def _figures(samples: Sequence[ScoredSample]) -> TaskFigures:
+    groups: dict[str, list[float]] = {}
+    for sample in samples:
+        groups.setdefault(sample.uid, []).append(sample.accuracy)
+    kinds = [group_kind(accuracies) for accuracies in groups.values()]
+    count = len(samples)
+    return TaskFigures(
+        prompts=len(groups),
+        samples=count,
+        accuracy=sum(s.accuracy for s in samples) / count,
+        mixed=kinds.count("mixed") / len(kinds),
+        all_correct=kinds.count("all-correct") / len(kinds),
+        all_wrong=kinds.count("all-wrong") / len(kinds),
+        truncated=sum(s.truncated for s in samples) / count,
+        mean_tokens=sum(s.tokens for s in samples) / count,
+    )
+
+
+def verdicts(real: dict[str, TaskFigures], blank: dict[str, TaskFigures]) -> dict[str, bool]:
+    """The three checks, per task where they are per task."""
+    low, high = ACCURACY_BAND
+    tasks = [task for task in real if task != "all"]
+    out = {f"accuracy_in_band/{t}": low <= real[t].accuracy <= high for t in tasks}
+    out["truncated_below_limit"] = real["all"].truncated < MAX_TRUNCATED
+    out.update({f"blank_lower/{t}": blank[t].accuracy <= real[t].accuracy - BLANK_GAP for t in tasks})
+    return out
+
+
+def format_checks(report: dict) -> str:
+    """The checks of `run_checks`' report as a small table and three verdict lines."""
+    real, blank, ok = report["real"], report["blank"], report["verdicts"]
+    lines = [
+        f"held-out prompts, {report['n']} samples each at temperature 1, response limit "
+        f"{report['max_response_length']} tokens",
+        f"{'task':<6} {'prompts':>7} {'acc':>6} {'mixed':>6} {'all-ok':>6} {'all-0':>6} "
+        f"{'trunc':>6} {'tokens':>6} {'blank':>6}",
+    ]
+    tasks = [task for task in real if task != "all"]
+    for task in [*tasks, "all"]:
+        row = real[task]
+        lines.append(
+            f"{task:<6} {row['prompts']:>7} {row['accuracy']:>6.3f} {row['mixed']:>6.2f} {row['all_correct']:>6.2f} "
+            f"{row['all_wrong']:>6.2f} {row['truncated']:>6.3f} {row['mean_tokens']:>6.1f} "
+            f"{blank[task]['accuracy']:>6.3f}"
+        )
+    low, high = ACCURACY_BAND
+
+    def marks(prefix: str) -> str:
+        return ", ".join(f"{t} {'yes' if ok[f'{prefix}/{t}'] else 'NO'}" for t in tasks)
+
+    lines += [
+        f"check 1, sampled accuracy in [{low}, {high}]: {marks('accuracy_in_band')}",
+        f"check 2, truncated share below {MAX_TRUNCATED:.0%}: "
+        f"{'yes' if ok['truncated_below_limit'] else 'NO'} ({real['all']['truncated']:.3f})",
+        f"check 3, blank image at least {BLANK_GAP} lower: {marks('blank_lower')}",
+    ]
+    return "\n".join(lines)
+
+
+def blank_example(example: Example) -> Example:
+    """`example` with every image replaced by a white image of the same size (PNG bytes)."""
+    images = []
+    for image in example.load_images():
+        buffer = io.BytesIO()
+        Image.new("RGB", image.size, (255, 255, 255)).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return replace(example, images=tuple(images))
+
+
+def check_subset(examples: Sequence[Example], per_task: int, seed: int) -> list[Example]:
+    """A seeded subset of `per_task` examples of each task, in file order within each task."""
+    chosen = []
+    for task in TESTBED_KINDS:
+        rows = [e for e in examples if e.task == task]
+        keep = sorted(random.Random(seed).sample(range(len(rows)), min(per_task, len(rows))))
+        chosen += [rows[i] for i in keep]
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine
+
+
+def sample_scored(
+    llm: LLM,
+    processor: ProcessorMixin,
+    examples: Sequence[Example],
+    *,
+    n: int,
+    max_tokens: int,
+    seed: int,
+    prompt_format: PromptFormat = "boxed",
+) -> list[ScoredSample]:
+    """`n` samples per example at temperature 1 on `llm`, scored by the training rewards."""
+    from tiny_r1v.rewards import score
+    from tiny_r1v.rewards.completions import decode
+    from tiny_r1v.rollout.engine import RolloutEngine
+    from tiny_r1v.rollout.sampling import SamplingSpec
+
+    engine = RolloutEngine(llm, SamplingSpec(n=n, temperature=1.0, top_p=1.0, max_tokens=max_tokens))
+    prompts = [render_prompt(processor, e, prompt_format, e.uid) for e in examples]
+    lengths = [len(processor(text=[p.text], images=list(p.images) or None)["input_ids"][0]) for p in prompts]
+    budget = llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    completions = []
+    for start, stop in prefill_batches(lengths, n, budget):
+        # first_slot keeps each prompt's sample seeds those of one call over all prompts
+        completions += engine.generate(prompts[start:stop], seed=seed, first_slot=start)
+    texts = decode(processor.tokenizer, completions)
+    by_uid = {e.uid: e for e in examples}
+    return [
+        ScoredSample(
+            uid=c.uid,
+            task=by_uid[c.uid].task,
+            sample=index % n,
+            response=text,
+            accuracy=score(by_uid[c.uid].task, text, by_uid[c.uid].answer, prompt_format=prompt_format).accuracy,
+            tokens=len(c.token_ids),
+            truncated=c.finish_reason == "length",
+        )
+        for index, (c, text) in enumerate(zip(completions, texts, strict=True))
+    ]
+
+
+def prefill_batches(lengths: Sequence[int], n: int, budget: int) -> list[tuple[int, int]]:
+    """Consecutive [start, stop) ranges of prompts whose `n` samples' prompt tokens fit `budget`.
+
+    vLLM's CPU backend crashes ("CPU Generator does not use offset") when a seeded request's
+    prefill is split across engine steps (chunked prefill); a call whose prompts all prefill in
+    its first step never splits one. A prompt too long for the budget alone gets its own call.
+    """
+    ranges, start, used = [], 0, 0
+    for index, length in enumerate(lengths):
+        if index > start and used + n * length > budget:
+            ranges.append((start, index))
+            start, used = index, 0
+        used += n * length
+    if lengths:
+        ranges.append((start, len(lengths)))
+    return ranges
+
+
+def run_checks(
+    llm: LLM,
+    processor: ProcessorMixin,
+    examples: Sequence[Example],
+    *,
+    n: int,
+    max_tokens: int,
+    seed: int,
+    prompt_format: PromptFormat = "boxed",
+) -> tuple[dict, list[ScoredSample], list[ScoredSample]]:
+    """The three checks on `examples`: returns the report and the real and blank samples."""
+    kwargs = {"n": n, "max_tokens": max_tokens, "seed": seed, "prompt_format": prompt_format}
+    real = sample_scored(llm, processor, examples, **kwargs)
+    blank = sample_scored(llm, processor, [blank_example(e) for e in examples], **kwargs)
+    real_figures, blank_figures = task_figures(real), task_figures(blank)
+    report = {
+        "n": n,
+        "max_response_length": max_tokens,
+        "seed": seed,
+        "real": {task: asdict(f) for task, f in real_figures.items()},
+        "blank": {task: asdict(f) for task, f in blank_figures.items()},
+        "verdicts": verdicts(real_figures, blank_figures),
+    }
+    return report, real, blank
+
+
+# ---------------------------------------------------------------------------------------------
+# the cached build
+
+
+def build_base(out: Path, cfg: BaseConfig = BaseConfig()) -> dict:
+    """Build whatever of the base is missing under `out`, print the checks, return their report."""
+    timings: dict[str, float] = {}
+    data = out / "data"
+    for task, kind in TESTBED_KINDS.items():
+        for split in ("train", "test"):
+            if not (data / task / f"{split}.jsonl").is_file():
+                from tiny_r1v.data import convert
+
+                limit = ["--limit", str(cfg.train_rows)] if split == "train" else []
+                args = [kind, "--split", split, "--out", str(data / task), "--seed", str(cfg.seed), *limit]
+                started = time.perf_counter()
+                convert.main(args)
+                timings[f"data/{task}/{split}"] = round(time.perf_counter() - started, 1)
+    base, warm = out / "base-model", out / "warm-model"
+    if not (base / "config.json").is_file():
+        from tiny_r1v.models.tiny import build_tiny_model
+
+        print(f"base: building the tiny model in {base}", flush=True)
+        build_tiny_model(base, seed=cfg.seed, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers)
+    if not (warm / "config.json").is_file():
+        from tiny_r1v.warmstart import WarmStartConfig, warm_start
+
+        files = [data / task / "train.jsonl" for task in TESTBED_KINDS]
+        examples = load_examples(files, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        print(f"base: warm start on {len(examples)} rows, {cfg.warm_start_steps} steps", flush=True)
+        started = time.perf_counter()
+        warm_start(
+            base,
+            examples,
+            warm,
+            WarmStartConfig(
+                prompt_format=cfg.prompt_format,
+                steps=cfg.warm_start_steps,
+                seed=cfg.seed,
+                log_every=max(1, cfg.warm_start_steps // 20),
+            ),
+        )
+        timings["warm_start"] = round(time.perf_counter() - started, 1)
+    checks = out / CHECKS_FILE
+    if checks.is_file():
+        report = json.loads(checks.read_text())
+    else:
+        report = _checks(out, warm, cfg)
+        report["timings"] = {**timings, **report["timings"]}
+        checks.write_text(json.dumps(report, indent=1) + "\n")
+    print(format_checks(report), flush=True)
+    return report
+
+
+def _checks(out: Path, warm: Path, cfg: BaseConfig) -> dict:
+    import torch
+    from transformers import AutoProcessor
+
+    from tiny_r1v.config.train import EngineConfig
+    from tiny_r1v.rollout.engine import build_llm
+    from tiny_r1v.rollout.sampling import EngineModel
+
+    files = [out / "data" / task / "test.jsonl" for task in TESTBED_KINDS]
+    examples = check_subset(
+        load_examples(files, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels), cfg.check_prompts, cfg.seed
+    )
+    engine = EngineConfig(max_response_length=cfg.max_response_length, kv_cache_memory_mb=256, enforce_eager=True)
+    print(f"base: checks on {len(examples)} held-out prompts x {cfg.n} samples (and the blank control)", flush=True)
+    started = time.perf_counter()
+    llm = build_llm(EngineModel(str(warm), torch.float32), engine, cfg.max_prompt_length, cfg.sample_seed)
+    try:
+        processor = AutoProcessor.from_pretrained(warm)
+        report, real, blank = run_checks(
+            llm,
+            processor,
+            examples,
+            n=cfg.n,
+            max_tokens=cfg.max_response_length,
+            seed=cfg.sample_seed,
+            prompt_format=cfg.prompt_format,
+        )
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    with (out / SAMPLES_FILE).open("w") as file:
+        for control, samples in (("real", real), ("blank", blank)):
+            for sample in samples:
+                file.write(json.dumps({"control": control, **asdict(sample)}) + "\n")
+    report["config"] = asdict(cfg)
+    report["timings"] = {"checks": round(time.perf_counter() - started, 1)}
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    defaults = BaseConfig()
+    parser = argparse.ArgumentParser(prog="python -m tiny_r1v.evidence.base", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="outputs/evidence", help="directory of the base (parts there are reused)")
+    for key, value in asdict(defaults).items():
+        if isinstance(value, int):
+            parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
+    args = parser.parse_args(argv)
+    cfg = replace(defaults, **{key: getattr(args, key) for key in asdict(defaults) if hasattr(args, key)})
+    build_base(Path(args.out), cfg)
+
+
+if __name__ == "__main__":
+    main()
