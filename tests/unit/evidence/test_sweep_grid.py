@@ -46,7 +46,7 @@ def test_shipped_sweep_is_every_method_on_math_and_lipo_grpo_on_chart_and_ocr():
     dr = sweep.train_config(cfg, sweep.Run("math", "dr_grpo", 2))
     assert (dr.algorithm.adv_estimator, dr.algorithm.loss_agg_mode) == ("dr_grpo", "seq-mean-token-sum-norm")
     assert (dr.data.seed, dr.rollout.seed, dr.trainer.seed, dr.data.task) == (2, 2, 2, "math")
-    assert dr.model.path == "outputs/evidence/base-model"
+    assert dr.model.path == "outputs/evidence/warm-model"
     assert Path(dr.trainer.output_dir) / dr.trainer.experiment_name == Path("outputs/sweep/math/dr_grpo/seed-2")
 
 
@@ -147,10 +147,10 @@ def test_a_run_that_returns_unfinished_is_a_failure(tmp_path):
 
 
 def test_launcher_names_missing_inputs_before_ray_starts(tmp_path, capsys):
-    small(tmp_path)
+    small(tmp_path, overrides=["trainer.total_steps=2", f"model.path={tmp_path / 'no-model'}"])
     assert launcher("sweep").main(["--config", str(tmp_path / "sweep.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "no model directory at outputs/quickstart-assets/warm-model" in err or "model.path" in err
+    assert f"no model directory at {tmp_path / 'no-model'}" in err
     assert "data.train_files: no file a.jsonl" in err and "data.val_files: no file b.jsonl" in err
 
 
