@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from tiny_r1v.config.train import RewardConfig
 from tiny_r1v.data import Example, load_examples, render_prompt
 from tiny_r1v.tasks import PromptFormat
 
@@ -235,9 +236,10 @@ def sample_scored(
     seed: int,
     prompt_format: PromptFormat = "boxed",
 ) -> list[ScoredSample]:
-    """`n` samples per example at temperature 1 on `llm`, scored by the training rewards."""
-    from tiny_r1v.rewards import score
-    from tiny_r1v.rewards.completions import decode
+    """`n` samples per example at temperature 1 on `llm`, scored by the training rewards (the
+    training scorer's path: decode, then the timeout-safe pool)."""
+    from tiny_r1v.rewards import ScorerPool
+    from tiny_r1v.rewards.completions import Reference, decode, score_texts
     from tiny_r1v.rollout.engine import RolloutEngine
     from tiny_r1v.rollout.sampling import SamplingSpec
 
@@ -251,17 +253,20 @@ def sample_scored(
         completions += engine.generate(prompts[start:stop], seed=seed, first_slot=start)
     texts = decode(processor.tokenizer, completions)
     by_uid = {e.uid: e for e in examples}
+    references = [Reference(task=by_uid[c.uid].task, answer=by_uid[c.uid].answer) for c in completions]
+    with ScorerPool(RewardConfig().num_workers, RewardConfig().timeout_s) as pool:
+        scores = score_texts(pool, texts, references, prompt_format, RewardConfig().format_weight)
     return [
         ScoredSample(
             uid=c.uid,
-            task=by_uid[c.uid].task,
+            task=reference.task,
             sample=index % n,
             response=text,
-            accuracy=score(by_uid[c.uid].task, text, by_uid[c.uid].answer, prompt_format=prompt_format).accuracy,
+            accuracy=result.accuracy,
             tokens=len(c.token_ids),
             truncated=c.finish_reason == "length",
         )
-        for index, (c, text) in enumerate(zip(completions, texts, strict=True))
+        for index, (c, text, reference, result) in enumerate(zip(completions, texts, references, scores, strict=True))
     ]
 
 
