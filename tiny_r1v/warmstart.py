@@ -53,8 +53,9 @@ FILLER_SENTENCES: tuple[str, ...] = (
 """Reasoning-flavoured padding, one of which is drawn per filler slot (without repetition).
 
 Every word is in the tiny tokenizer's training corpus (`tiny_r1v.models.tiny`), so a sentence
-costs 5-7 tokens there, and the longest target (six fillers) stays under 64 tokens. None names a colour, a
-shape or a digit: the fillers carry no answer, so dropping them never changes correctness.
+costs 5-7 tokens there, and the longest target (six fillers, a three-digit rationale) stays
+under 80 tokens. None names a colour, a shape or a digit: the fillers carry no answer, so
+dropping them never changes correctness.
 """
 
 MAX_FILLERS = 6
@@ -70,19 +71,28 @@ _MODEL_FILES = ("config.json", "generation_config.json")
 
 
 def build_target(
-    answer: str, rng: random.Random, *, prompt_format: PromptFormat = "boxed", max_fillers: int = MAX_FILLERS
+    answer: str,
+    rng: random.Random,
+    *,
+    prompt_format: PromptFormat = "boxed",
+    max_fillers: int = MAX_FILLERS,
+    rationale: str = "",
 ) -> str:
     """A verbose target response for `answer` (without the end-of-turn token).
 
     The reasoning is a random number (0..`max_fillers`) of distinct `FILLER_SENTENCES` followed by
     a conclusion that states the answer, so the shortest variant is still a non-empty reasoning
     block, as the format reward demands; the final answer follows in the `prompt_format`'s form.
+    A `rationale` (the row's worked step, e.g. ``7*3+2``) opens the conclusion, next to the
+    answer it leads to: it is reasoning that helps, unlike the fillers, so a method that shortens
+    answers by dropping it pays in accuracy.
     """
     check_prompt_format(prompt_format)
     if not 0 <= max_fillers <= len(FILLER_SENTENCES):
         raise ValueError(f"max_fillers must be in [0, {len(FILLER_SENTENCES)}], got {max_fillers}")
     fillers = rng.sample(FILLER_SENTENCES, rng.randint(0, max_fillers))
-    reasoning = "".join(fillers) + f" so the answer is {answer}."
+    step = f" I read {rationale}," if rationale else ""
+    reasoning = "".join(fillers) + f"{step} so the answer is {answer}."
     final = f"\\boxed{{{answer}}}" if prompt_format == "boxed" else f"<answer>{answer}</answer>"
     # No space is stripped after <think>: the first sentence then tokenises as it does elsewhere.
     return f"<think>{reasoning}</think> {final}"
@@ -199,7 +209,13 @@ def _train(
             if example.uid not in encoded:
                 prompt = render_prompt(processor, example, cfg.prompt_format, example.uid)
                 encoded[example.uid] = encode_prompt(processor, prompt, image_token_id, merge_size)
-            target = build_target(example.answer, rng, prompt_format=cfg.prompt_format, max_fillers=cfg.max_fillers)
+            target = build_target(
+                example.answer,
+                rng,
+                prompt_format=cfg.prompt_format,
+                max_fillers=cfg.max_fillers,
+                rationale=example.rationale,
+            )
             ids = processor.tokenizer.encode(target, add_special_tokens=False) + [end_of_turn]
             # `prompt` is only a label for collate's errors; the encoded prompt carries the inputs.
             sample = TrainSample(prompt=Prompt(uid=example.uid, text=""), response_ids=tuple(ids), advantage=0.0)

@@ -48,19 +48,22 @@ def test_targets_earn_full_reward(task: str, prompt_format: str) -> None:
 def test_target_without_fillers_and_bounds() -> None:
     rng = random.Random(0)
     assert build_target("red", rng, max_fillers=0) == "<think> so the answer is red.</think> \\boxed{red}"
+    with_step = build_target("23", rng, max_fillers=0, rationale="7*3+2")
+    assert with_step == "<think> I read 7*3+2, so the answer is 23.</think> \\boxed{23}"
+    assert score("math", with_step, "23").accuracy == 1.0
     with pytest.raises(ValueError, match="max_fillers"):
         build_target("red", rng, max_fillers=len(FILLER_SENTENCES) + 1)
 
 
 def test_targets_fit_the_tiny_tokenizer(tiny_model_dir: Path) -> None:
-    """The templates round-trip and stay short, so the longest target fits a 64-token response."""
+    """The templates round-trip and stay short, so the longest target fits an 80-token response."""
     tokenizer = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
     rng = random.Random(0)
     for _ in range(200):
-        target = build_target("rectangle", rng) + "<|im_end|>"
+        target = build_target("rectangle", rng, rationale="9*9*9") + "<|im_end|>"
         ids = tokenizer.encode(target, add_special_tokens=False)
         assert tokenizer.decode(ids) == target
-        assert len(ids) < 64
+        assert len(ids) < 80
     for sentence in FILLER_SENTENCES:  # every word is a vocabulary token, none spelt out
         assert len(tokenizer.encode(sentence)) <= 7, sentence
 

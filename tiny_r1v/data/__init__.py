@@ -3,7 +3,7 @@
 Dataset format
 --------------
 A dataset file is JSON Lines (``.jsonl``, one JSON object per line, UTF-8; blank lines are
-ignored) or Parquet (``.parquet``). Every row has exactly these columns:
+ignored) or Parquet (``.parquet``). Every row has these columns (the last two optional):
 
 =============  ============  =================================================================
 column         type          meaning
@@ -14,6 +14,9 @@ column         type          meaning
 ``images``     list          the images, in prompt order; may be empty
 ``id``         str           optional, non-blank, unique across the files loaded together;
                              default ``<file stem>-<row number>``
+``rationale``  str           optional: a worked step towards the answer (e.g. the expression
+                             an image shows), used only as reasoning by the supervised warm
+                             start; never shown to the policy or graded
 =============  ============  =================================================================
 
 An ``images`` entry is one of:

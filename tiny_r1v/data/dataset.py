@@ -33,7 +33,7 @@ SUFFIXES: tuple[str, ...] = (".jsonl", ".parquet")
 
 # Column -> required Python type. `images` is a list of image references; `id` is optional.
 _REQUIRED_COLUMNS: dict[str, type] = {"question": str, "answer": str, "task": str, "images": list}
-_OPTIONAL_COLUMNS: dict[str, type] = {"id": str}
+_OPTIONAL_COLUMNS: dict[str, type] = {"id": str, "rationale": str}
 _COLUMNS = {**_REQUIRED_COLUMNS, **_OPTIONAL_COLUMNS}
 
 
@@ -66,6 +66,8 @@ class Example:
     """`load_images` upscales images with fewer pixels than this."""
     max_pixels: int
     """`load_images` downscales images with more pixels than this."""
+    rationale: str = ""
+    """The row's optional worked step towards the answer; only the warm start reads it."""
 
     def load_images(self) -> list[Image.Image]:
         """The images as RGB, resized by Qwen2-VL's `smart_resize` into [min_pixels, max_pixels].
@@ -196,7 +198,7 @@ class _Loader:
         if problems:
             return None, problems
 
-        for column in ("question", "answer", "id"):
+        for column in ("question", "answer", "id", "rationale"):
             if column in record and not record[column].strip():
                 problems.append((column, "must not be empty"))
         task = record["task"]
@@ -222,6 +224,7 @@ class _Loader:
             images=tuple(images),
             min_pixels=self.min_pixels,
             max_pixels=self.max_pixels,
+            rationale=record.get("rationale", ""),
         )
         return example, []
 

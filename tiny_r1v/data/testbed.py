@@ -158,14 +158,32 @@ def _glyphs(item: GlyphItem, pixels: dict[int, np.ndarray]) -> list[np.ndarray]:
     return glyphs
 
 
+def expression_text(item: GlyphItem, labels: dict[int, int]) -> str:
+    """The expression a math item's image shows, in ASCII (``×`` as ``*``), e.g. ``7*3+2``:
+    its row's rationale."""
+    text = str(labels[item.digits[0]])
+    for operator, digit in zip(item.operators, item.digits[1:], strict=True):
+        text += ("*" if operator == "×" else operator) + str(labels[digit])
+    return text
+
+
+Rationale = Callable[[GlyphItem, dict[int, int]], str]
+"""(item, digit label by ``load_digits`` index) -> the row's rationale."""
+
+
 def _glyph_converter(
-    items: Callable[[str, int | None, int], list[GlyphItem]], task: Task, question: str, doc: str
+    items: Callable[[str, int | None, int], list[GlyphItem]],
+    task: Task,
+    question: str,
+    doc: str,
+    rationale: Rationale | None = None,
 ) -> Callable[..., None]:
     """A converter writing `items` as rows of `task` asking `question`, one image per row."""
 
     def convert(writer: DatasetWriter, *, split: str, limit: int | None, seed: int, width: int, height: int) -> None:
-        source, images, _ = _digit_split(split)
+        source, images, labels = _digit_split(split)
         pixels = dict(zip(source, images, strict=True))
+        label_of = dict(zip(source, labels, strict=True))
         for item in items(split, limit, seed):
             image = _glyph_row(_glyphs(item, pixels), width, height)
             writer.row(
@@ -174,6 +192,7 @@ def _glyph_converter(
                 question=question,
                 answer=item.answer,
                 images=[writer.image(item.uid, image)],
+                rationale=None if rationale is None else rationale(item, label_of),
             )
 
     convert.__doc__ = doc
@@ -181,7 +200,11 @@ def _glyph_converter(
 
 
 tb_math = _glyph_converter(
-    math_items, "math", "What is the value of the expression in the image?", "Handwritten-digit arithmetic (math)."
+    math_items,
+    "math",
+    "What is the value of the expression in the image?",
+    "Handwritten-digit arithmetic (math).",
+    rationale=expression_text,
 )
 tb_ocr = _glyph_converter(
     ocr_items, "ocr", "Transcribe the digits in the image.", "Handwritten digit strings to transcribe (ocr)."

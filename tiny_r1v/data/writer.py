@@ -138,7 +138,9 @@ class DatasetWriter:
         if path.exists() and not self.overwrite:
             raise OutputExistsError(f"{path}: exists; pass --overwrite to replace it")
 
-    def row(self, *, uid: str, task: Task, question: str, answer: str, images: list[str]) -> None:
+    def row(
+        self, *, uid: str, task: Task, question: str, answer: str, images: list[str], rationale: str | None = None
+    ) -> None:
         """Append one row; `images` are paths returned by `image`."""
         record = {
             "id": self._prefix + uid,
@@ -147,5 +149,7 @@ class DatasetWriter:
             "answer": answer,
             "images": images,
         }
+        if rationale is not None:
+            record["rationale"] = rationale
         self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.rows += 1

@@ -116,6 +116,18 @@ def test_math_answers_evaluate_the_drawn_expression() -> None:
         assert item.answer == str(eval(expression.replace("×", "*")))  # noqa: S307 - digits and + - * only
 
 
+def test_math_rows_carry_the_expression_as_rationale_and_the_others_none(tmp_path: Path) -> None:
+    math_rows = _write(tmp_path / "math", "tb-math", "test", "--limit", "50")
+    for row in math_rows:
+        assert set(row["rationale"]) <= set("0123456789+-*"), row
+        assert row["answer"] == str(eval(row["rationale"])), row  # noqa: S307 - digits and + - * only
+    assert {e.rationale for e in load_examples(tmp_path / "math" / "test.jsonl", **BOUNDS)} == {
+        row["rationale"] for row in math_rows
+    }
+    for kind in ("tb-ocr", "tb-chart"):
+        assert all("rationale" not in row for row in _write(tmp_path / kind, kind, "test", "--limit", "5"))
+
+
 def test_chart_answers_come_from_the_table() -> None:
     from vega_datasets import local_data
 
