@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(("model.path", f"no model directory at {cfg.model.path}"))
         data = cfg.data
         examples, val_examples = (
-            load_examples(files, min_pixels=data.min_pixels, max_pixels=data.max_pixels, task=data.task)
+            load_examples(files, min_pixels=data.min_pixels, max_pixels=data.max_pixels, task=data.row_task)
             if files
             else []
             for files in (data.train_files, data.val_files)

@@ -72,12 +72,19 @@ class DataConfig(PromptConfig):
     """Training data files (JSONL or Parquet)."""
     val_files: tuple[str, ...] = ()
     """Validation data files, decoded greedily (see trainer.val_freq); empty: no validation."""
-    task: Task = "math"
-    """Task family: selects the accuracy reward (SPEC §1) and the LIPO `xi` default."""
+    task: Literal[Task, "mixed"] = "math"
+    """Task family of every row (the loader refuses rows of another) and the LIPO `xi` default;
+    `mixed`: rows of any task (a model trained on a mixture). Each row's own task selects its
+    accuracy reward (SPEC §1)."""
     shuffle: bool = True
     """Shuffle the training prompts every epoch."""
     seed: int = 1
     """Seed of the data shuffle."""
+
+    @property
+    def row_task(self) -> Task | None:
+        """The task every row must have (`load_examples`' `task`); None for a mixture."""
+        return None if self.task == "mixed" else self.task
 
     def validate(self) -> None:
         require(len(self.train_files) > 0, "train_files", "must list at least one file")
@@ -410,6 +417,12 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Checks every rule; returns the config with LIPO's `xi` and `l_max` resolved."""
+        require(
+            not (self.data.task == "mixed" and self.algorithm.lipo.xi is None)
+            or 0.05 < self.reward.format_weight < 0.95,
+            "algorithm.lipo.xi",
+            "a mixture's default (0.05) suits its binary tasks only for reward.format_weight in (0.05, 0.95): set xi",
+        )
         cfg = self._resolved()
         for name in ("data", "model", "rollout", "reward", "algorithm", "learner", "trainer"):
             with section(name):
@@ -425,7 +438,9 @@ class TrainConfig:
     def _resolved(self) -> TrainConfig:
         lipo = self.algorithm.lipo
         # OCR rewards are continuous, so "similar quality" needs a tolerance; binary ones do not.
-        xi = (0.05 if self.data.task == "ocr" else 0.0) if lipo.xi is None else lipo.xi
+        # A mixture takes OCR's: binary tasks' rewards differ by at least min(w, 1 - w) for the
+        # format weight w, so a tolerance below that (w in (0.05, 0.95)) changes nothing for them.
+        xi = (0.05 if self.data.task in ("ocr", "mixed") else 0.0) if lipo.xi is None else lipo.xi
         l_max = self.rollout.max_response_length if lipo.l_max is None else lipo.l_max
         lipo = replace(lipo, xi=xi, l_max=l_max)
         return replace(self, algorithm=replace(self.algorithm, lipo=lipo))

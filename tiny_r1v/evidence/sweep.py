@@ -325,7 +325,7 @@ def _examples(cfg: TrainConfig, files: Sequence[str]) -> list[Example]:
     from tiny_r1v.data import load_examples
 
     data = cfg.data
-    return load_examples(files, min_pixels=data.min_pixels, max_pixels=data.max_pixels, task=data.task)
+    return load_examples(files, min_pixels=data.min_pixels, max_pixels=data.max_pixels, task=data.row_task)
 
 
 def run_grid(

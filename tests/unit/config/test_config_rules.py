@@ -124,6 +124,16 @@ def test_resolution_xi_and_l_max():
     assert ocr.algorithm.lipo.l_max == 2048
     explicit = load("data.task=ocr", "algorithm.lipo.xi=0.2", "algorithm.lipo.l_max=99")
     assert (explicit.algorithm.lipo.xi, explicit.algorithm.lipo.l_max) == (0.2, 99)
+    mixed = load("data.task=mixed")
+    assert (mixed.algorithm.lipo.xi, mixed.data.row_task, ocr.data.row_task) == (0.05, None, "ocr")
+
+
+def test_mixture_xi_default_holds_only_where_binary_rewards_cannot_fall_within_it():
+    # total = (1 - w) * accuracy + w * format: binary tasks' gaps are multiples of min(w, 1 - w)
+    for w in (0.05, 0.95, 0.0):
+        with pytest.raises(ConfigError, match=r"^algorithm\.lipo\.xi: a mixture's default"):
+            load("data.task=mixed", f"reward.format_weight={w}")
+    assert load("data.task=mixed", "reward.format_weight=0.0", "algorithm.lipo.xi=0.0").algorithm.lipo.xi == 0.0
 
 
 def test_direct_construction_validates_and_resolves():
