@@ -4,14 +4,18 @@
 
 writes under ``--out`` (each part skipped when it already exists):
 
-- ``data/{math,chart,ocr}/{train,test}.jsonl``: the offline testbed (docs/testbed.md), train
-  rows capped at ``--train-rows`` per task, test splits whole;
+- ``data/{math,chart,ocr}/{train,val,test}.jsonl``: the offline testbed (docs/testbed.md), train
+  rows capped at ``--train-rows`` per task, of which ``--val-rows`` are moved into ``val.jsonl``
+  (the split every choice is made on: the base's settings with ``--tune``, a merge's λ), test
+  splits whole;
 - ``base-model/``: the tiny factory Qwen2.5-VL (`tiny_r1v.models.tiny`);
 - ``warm-model/``: the base after a supervised warm start on the three-task mixture
-  (`tiny_r1v.warmstart`): ``<think>`` reasoning of 0..6 filler sentences, then ``\\boxed{}``;
+  (`tiny_r1v.warmstart`): ``<think>`` reasoning of 0..6 filler sentences, for math the
+  expression read from the image (the rows' ``rationale``), then ``\\boxed{}``;
 - ``checks.json`` (and ``checks-samples.jsonl``, every scored sample): three checks on held-out
-  prompts, sampled as RL samples them (temperature 1, ``n`` per prompt, fixed seed) on the real
-  vLLM CPU engine, printed as a table:
+  test prompts (``--tune``: ``checks-val.json`` on the validation split, to choose settings by),
+  sampled as RL samples them (temperature 1, ``n`` per prompt, fixed seed) on the real vLLM CPU
+  engine, printed as a table:
 
   1. per-task sampled accuracy, and the share of groups that are mixed / all-correct / all-wrong;
   2. the share of samples truncated at the response limit the method sweep will use;
@@ -55,6 +59,8 @@ BLANK_GAP = 0.10
 """Check 3: every task's blank-image accuracy must be at least this much below its real one."""
 
 CHECKS_FILE = "checks.json"
+"""The checks on the test split; ``--tune`` writes ``checks-val.json`` (and its samples) instead."""
+VAL_FILE = "val.jsonl"
 SAMPLES_FILE = "checks-samples.jsonl"
 
 
@@ -71,6 +77,10 @@ class BaseConfig:
     """Text tower width of the tiny model."""
     num_layers: int = 2
     """Text tower depth of the tiny model."""
+    digit_width: int = 224
+    digit_height: int = 56
+    """Image size of the math and ocr rows (charts keep the converter's 112x112): 224x56 is
+    `max_pixels`, 8x2 vision tokens, and draws each digit 32 to 56 pixels wide."""
     warm_start_steps: int = 2000
     """Supervised steps on the mixture (batch 16)."""
     min_pixels: int = 3136
@@ -86,6 +96,11 @@ class BaseConfig:
     sample_seed: int = 1
     """vLLM sampling seed (the blank control reuses it)."""
     prompt_format: PromptFormat = "boxed"
+    val_rows: int = 64
+    """Rows per task moved from the train split into the validation split (`split_val`)."""
+    tune: bool = False
+    """Tuning mode: run the checks on the validation split instead of the test split, so the
+    base's settings are chosen without the test split."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +190,7 @@ def format_checks(report: dict) -> str:
     """The checks of `run_checks`' report as a small table and three verdict lines."""
     real, blank, ok = report["real"], report["blank"], report["verdicts"]
     lines = [
-        f"held-out prompts, {report['n']} samples each at temperature 1, response limit "
+        f"{report.get('split', 'held-out test')} prompts, {report['n']} samples each at temperature 1, response limit "
         f"{report['max_response_length']} tokens",
         f"{'task':<6} {'prompts':>7} {'acc':>6} {'mixed':>6} {'all-ok':>6} {'all-0':>6} "
         f"{'trunc':>6} {'tokens':>6} {'blank':>6}",
@@ -318,6 +333,33 @@ def run_checks(
 # the cached build
 
 
+def split_val(directory: Path, rows: int, seed: int) -> None:
+    """Move a seeded choice of `rows` lines of ``directory/train.jsonl`` into ``val.jsonl``.
+
+    Each file is written under a temporary name and renamed, ``val.jsonl`` first; when it exists
+    its rows are removed from ``train.jsonl`` (nothing to do once they are), so a build killed
+    between the two renames finishes the split when run again. The rows keep their image paths:
+    both files live beside the converter's ``images/``.
+    """
+    train, val = directory / "train.jsonl", directory / VAL_FILE
+    lines = train.read_text().splitlines(keepends=True)
+    if not val.is_file():
+        if rows >= len(lines):
+            raise ValueError(f"{train}: {len(lines)} rows cannot spare {rows} for validation")
+        chosen = sorted(random.Random(seed).sample(range(len(lines)), rows))
+        _replace(val, "".join(lines[i] for i in chosen))
+    held = {json.loads(line)["id"] for line in val.read_text().splitlines()}
+    kept = [line for line in lines if json.loads(line)["id"] not in held]
+    if len(kept) < len(lines):
+        _replace(train, "".join(kept))
+
+
+def _replace(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
 def build_base(out: Path, cfg: BaseConfig = BaseConfig()) -> dict:
     """Build whatever of the base is missing under `out`, print the checks, return their report."""
     timings: dict[str, float] = {}
@@ -328,10 +370,12 @@ def build_base(out: Path, cfg: BaseConfig = BaseConfig()) -> dict:
                 from tiny_r1v.data import convert
 
                 limit = ["--limit", str(cfg.train_rows)] if split == "train" else []
-                args = [kind, "--split", split, "--out", str(data / task), "--seed", str(cfg.seed), *limit]
+                size = ["--width", str(cfg.digit_width), "--height", str(cfg.digit_height)] if task != "chart" else []
+                args = [kind, "--split", split, "--out", str(data / task), "--seed", str(cfg.seed), *limit, *size]
                 started = time.perf_counter()
                 convert.main(args)
                 timings[f"data/{task}/{split}"] = round(time.perf_counter() - started, 1)
+        split_val(data / task, cfg.val_rows, cfg.seed)
     base, warm = out / "base-model", out / "warm-model"
     if not (base / "config.json").is_file():
         from tiny_r1v.models.tiny import build_tiny_model
@@ -341,8 +385,7 @@ def build_base(out: Path, cfg: BaseConfig = BaseConfig()) -> dict:
     if not (warm / "config.json").is_file():
         from tiny_r1v.warmstart import WarmStartConfig, warm_start
 
-        files = [data / task / "train.jsonl" for task in TESTBED_KINDS]
-        examples = load_examples(files, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        examples = _load(data, "train", cfg)
         print(f"base: warm start on {len(examples)} rows, {cfg.warm_start_steps} steps", flush=True)
         started = time.perf_counter()
         warm_start(
@@ -357,18 +400,30 @@ def build_base(out: Path, cfg: BaseConfig = BaseConfig()) -> dict:
             ),
         )
         timings["warm_start"] = round(time.perf_counter() - started, 1)
-    checks = out / CHECKS_FILE
+    checks = out / _on_split(CHECKS_FILE, cfg)
     if checks.is_file():
         report = json.loads(checks.read_text())
     else:
-        report = _checks(out, warm, cfg)
+        examples = check_subset(_load(data, "val" if cfg.tune else "test", cfg), cfg.check_prompts, cfg.seed)
+        report = _checks(out, warm, examples, cfg)
         report["timings"] = {**timings, **report["timings"]}
         checks.write_text(json.dumps(report, indent=1) + "\n")
     print(format_checks(report), flush=True)
     return report
 
 
-def _checks(out: Path, warm: Path, cfg: BaseConfig) -> dict:
+def _on_split(name: str, cfg: BaseConfig) -> str:
+    """`name`, or for the validation checks ``checks-val...`` (``checks-samples.jsonl`` ->
+    ``checks-val-samples.jsonl``)."""
+    return name.replace("checks", "checks-val", 1) if cfg.tune else name
+
+
+def _load(data: Path, split: str, cfg: BaseConfig) -> list[Example]:
+    files = [data / task / f"{split}.jsonl" for task in TESTBED_KINDS]
+    return load_examples(files, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+
+
+def _checks(out: Path, warm: Path, examples: Sequence[Example], cfg: BaseConfig) -> dict:
     import torch
     from transformers import AutoProcessor
 
@@ -376,12 +431,9 @@ def _checks(out: Path, warm: Path, cfg: BaseConfig) -> dict:
     from tiny_r1v.rollout.engine import build_llm
     from tiny_r1v.rollout.sampling import EngineModel
 
-    files = [out / "data" / task / "test.jsonl" for task in TESTBED_KINDS]
-    examples = check_subset(
-        load_examples(files, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels), cfg.check_prompts, cfg.seed
-    )
     engine = EngineConfig(max_response_length=cfg.max_response_length, kv_cache_memory_mb=256, enforce_eager=True)
-    print(f"base: checks on {len(examples)} held-out prompts x {cfg.n} samples (and the blank control)", flush=True)
+    split = "validation" if cfg.tune else "held-out test"
+    print(f"base: checks on {len(examples)} {split} prompts x {cfg.n} samples (and the blank control)", flush=True)
     started = time.perf_counter()
     llm = build_llm(EngineModel(str(warm), torch.float32), engine, cfg.max_prompt_length, cfg.sample_seed)
     try:
@@ -397,11 +449,12 @@ def _checks(out: Path, warm: Path, cfg: BaseConfig) -> dict:
         )
     finally:
         llm.llm_engine.engine_core.shutdown()
-    with (out / SAMPLES_FILE).open("w") as file:
+    with (out / _on_split(SAMPLES_FILE, cfg)).open("w") as file:
         for control, samples in (("real", real), ("blank", blank)):
             for sample in samples:
                 file.write(json.dumps({"control": control, **asdict(sample)}) + "\n")
     report["config"] = asdict(cfg)
+    report["split"] = split
     report["timings"] = {"checks": round(time.perf_counter() - started, 1)}
     return report
 
@@ -411,7 +464,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tiny_r1v.evidence.base", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/evidence", help="directory of the base (parts there are reused)")
     for key, value in asdict(defaults).items():
-        if isinstance(value, int):
+        if isinstance(value, bool):
+            parser.add_argument(f"--{key.replace('_', '-')}", action="store_true", help="see BaseConfig." + key)
+        elif isinstance(value, int):
             parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
     args = parser.parse_args(argv)
     cfg = replace(defaults, **{key: getattr(args, key) for key in asdict(defaults) if hasattr(args, key)})
