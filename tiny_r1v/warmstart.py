@@ -83,16 +83,17 @@ def build_target(
     The reasoning is a random number (0..`max_fillers`) of distinct `FILLER_SENTENCES` followed by
     a conclusion that states the answer, so the shortest variant is still a non-empty reasoning
     block, as the format reward demands; the final answer follows in the `prompt_format`'s form.
-    A `rationale` (the row's worked step, e.g. ``7*3+2``) opens the conclusion, next to the
-    answer it leads to: it is reasoning that helps, unlike the fillers, so a method that shortens
+    A `rationale` (the row's worked step, e.g. ``7*3+2``) opens the reasoning (``I read 7*3+2.``),
+    right after the prompt, where its tokens sit at the same distance from the image whatever the
+    filler count: it is reasoning that helps, unlike the fillers, so a method that shortens
     answers by dropping it pays in accuracy.
     """
     check_prompt_format(prompt_format)
     if not 0 <= max_fillers <= len(FILLER_SENTENCES):
         raise ValueError(f"max_fillers must be in [0, {len(FILLER_SENTENCES)}], got {max_fillers}")
     fillers = rng.sample(FILLER_SENTENCES, rng.randint(0, max_fillers))
-    step = f" I read {rationale}," if rationale else ""
-    reasoning = "".join(fillers) + f"{step} so the answer is {answer}."
+    step = f" I read {rationale}." if rationale else ""
+    reasoning = step + "".join(fillers) + f" so the answer is {answer}."
     final = f"\\boxed{{{answer}}}" if prompt_format == "boxed" else f"<answer>{answer}</answer>"
     # No space is stripped after <think>: the first sentence then tokenises as it does elsewhere.
     return f"<think>{reasoning}</think> {final}"

@@ -49,7 +49,11 @@ def test_target_without_fillers_and_bounds() -> None:
     rng = random.Random(0)
     assert build_target("red", rng, max_fillers=0) == "<think> so the answer is red.</think> \\boxed{red}"
     with_step = build_target("23", rng, max_fillers=0, rationale="7*3+2")
-    assert with_step == "<think> I read 7*3+2, so the answer is 23.</think> \\boxed{23}"
+    assert with_step == "<think> I read 7*3+2. so the answer is 23.</think> \\boxed{23}"
+    with_fillers = build_target("23", random.Random(1), max_fillers=6, rationale="7*3+2")
+    assert with_fillers.startswith("<think> I read 7*3+2.") and with_fillers.endswith(
+        "so the answer is 23.</think> \\boxed{23}"
+    )
     assert score("math", with_step, "23").accuracy == 1.0
     with pytest.raises(ValueError, match="max_fillers"):
         build_target("red", rng, max_fillers=len(FILLER_SENTENCES) + 1)

@@ -54,6 +54,12 @@ def _image_size(width: int, height: int) -> dict[str, tuple[str | int, str]]:
     return {"width": (width, "image width in pixels"), "height": (height, "image height in pixels")}
 
 
+_GLYPH_OPTIONS = {
+    **_image_size(112, 56),
+    "layout": ("centred", "centred (glyphs scaled to fit, centred) | cells (one glyph per height x height cell)"),
+}
+
+
 OFFLINE_KINDS: dict[str, OfflineKind] = {
     "easy-vqa": OfflineKind("easy-VQA shapes and colours (vqa)", offline.easy_vqa),
     "digits": OfflineKind("scikit-learn's handwritten digits: read one (ocr)", offline.digits),
@@ -63,16 +69,14 @@ OFFLINE_KINDS: dict[str, OfflineKind] = {
         offline.reasoning_gym,
         options={"dataset": ("basic_arithmetic", "generator name")},
     ),
-    "tb-math": OfflineKind(
-        "testbed: arithmetic on handwritten digits (math)", testbed.tb_math, options=_image_size(112, 56)
-    ),
+    "tb-math": OfflineKind("testbed: arithmetic on handwritten digits (math)", testbed.tb_math, options=_GLYPH_OPTIONS),
     "tb-chart": OfflineKind(
         "testbed: questions on bar charts of vega_datasets tables (chart)",
         testbed.tb_chart,
         options=_image_size(112, 112),
     ),
     "tb-ocr": OfflineKind(
-        "testbed: transcribe handwritten digit strings (ocr)", testbed.tb_ocr, options=_image_size(112, 56)
+        "testbed: transcribe handwritten digit strings (ocr)", testbed.tb_ocr, options=_GLYPH_OPTIONS
     ),
 }
 

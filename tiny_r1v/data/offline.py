@@ -130,11 +130,14 @@ def _digit_split(split: str) -> tuple[list[int], np.ndarray, list[int]]:
     return indices, bunch.images[indices], [int(bunch.target[i]) for i in indices]
 
 
+def ink_image(ink: np.ndarray, scale: int) -> Image.Image:
+    """Ink intensities 0..16 as dark ink on white, upscaled `scale` times without blurring."""
+    image = Image.fromarray(np.rint(255 - ink * (255 / 16)).astype(np.uint8))  # uint8, 2-D: mode "L"
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+
 def _digit_image(pixels: np.ndarray) -> Image.Image:
-    """Ink intensities 0..16 as dark ink on white, upscaled by `DIGIT_SCALE` without blurring."""
-    gray = np.rint(255 - pixels * (255 / 16)).astype(np.uint8)
-    image = Image.fromarray(gray)  # uint8, 2-D: mode "L"
-    return image.resize((image.width * DIGIT_SCALE, image.height * DIGIT_SCALE), Image.Resampling.NEAREST)
+    return ink_image(pixels, DIGIT_SCALE)
 
 
 def _text_image(text: str) -> Image.Image:

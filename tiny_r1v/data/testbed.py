@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from tiny_r1v.data.hf_parquet import ConvertError
-from tiny_r1v.data.offline import DIGITS_TEST_EVERY, GENERATED_DEFAULT_SIZE, _digit_split
+from tiny_r1v.data.offline import DIGITS_TEST_EVERY, GENERATED_DEFAULT_SIZE, _digit_split, ink_image
 from tiny_r1v.data.writer import DatasetWriter, sample_indices
 from tiny_r1v.tasks import Task
 
@@ -66,15 +66,28 @@ def _operator_glyphs() -> dict[str, np.ndarray]:
 _OPERATORS = _operator_glyphs()
 
 
-def _glyph_row(glyphs: list[np.ndarray], width: int, height: int) -> Image.Image:
-    """Glyphs side by side, scaled by the largest integer factor that fits, centred on white."""
-    scale = min(width // (_GLYPH * len(glyphs)), height // _GLYPH)
-    if scale < 1:
-        raise ConvertError(f"{width}x{height} pixels cannot hold {len(glyphs)} glyphs of {_GLYPH}x{_GLYPH}")
-    ink = np.concatenate(glyphs, axis=1)
-    row = Image.fromarray(np.rint(255 - ink * (255 / 16)).astype(np.uint8))
-    row = row.resize((row.width * scale, row.height * scale), Image.Resampling.NEAREST)
+LAYOUTS = ("centred", "cells")
+"""How glyphs are placed: `centred`, side by side, scaled by the largest integer factor that fits,
+centred; `cells`, one glyph per ``height`` x ``height`` cell from the left edge, scaled by the
+largest integer factor that fits a cell and centred in it (with ``height`` 28, Qwen2.5-VL's
+merged patch, each glyph is exactly one vision token)."""
+
+
+def _glyph_row(glyphs: list[np.ndarray], width: int, height: int, layout: str = "centred") -> Image.Image:
+    """Glyphs in a row on white, placed by `layout` (see `LAYOUTS`)."""
+    if layout not in LAYOUTS:
+        raise ConvertError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    cells = layout == "cells"
+    scale = height // _GLYPH if cells else min(width // (_GLYPH * len(glyphs)), height // _GLYPH)
+    if scale < 1 or (cells and width < height * len(glyphs)):
+        raise ConvertError(f"{width}x{height} pixels cannot hold {len(glyphs)} glyphs of {_GLYPH}x{_GLYPH} ({layout})")
     canvas = Image.new("L", (width, height), 255)
+    if cells:
+        margin = (height - _GLYPH * scale) // 2
+        for i, glyph in enumerate(glyphs):
+            canvas.paste(ink_image(glyph, scale), (i * height + margin, margin))
+        return canvas
+    row = ink_image(np.concatenate(glyphs, axis=1), scale)
     canvas.paste(row, ((width - row.width) // 2, (height - row.height) // 2))
     return canvas
 
@@ -160,7 +173,7 @@ def _glyphs(item: GlyphItem, pixels: dict[int, np.ndarray]) -> list[np.ndarray]:
 
 def expression_text(item: GlyphItem, labels: dict[int, int]) -> str:
     """The expression a math item's image shows, in ASCII (``×`` as ``*``), e.g. ``7*3+2``:
-    its row's rationale."""
+    its row's rationale (an OCR row's is its digit string)."""
     text = str(labels[item.digits[0]])
     for operator, digit in zip(item.operators, item.digits[1:], strict=True):
         text += ("*" if operator == "×" else operator) + str(labels[digit])
@@ -180,12 +193,14 @@ def _glyph_converter(
 ) -> Callable[..., None]:
     """A converter writing `items` as rows of `task` asking `question`, one image per row."""
 
-    def convert(writer: DatasetWriter, *, split: str, limit: int | None, seed: int, width: int, height: int) -> None:
+    def convert(
+        writer: DatasetWriter, *, split: str, limit: int | None, seed: int, width: int, height: int, layout: str
+    ) -> None:
         source, images, labels = _digit_split(split)
         pixels = dict(zip(source, images, strict=True))
         label_of = dict(zip(source, labels, strict=True))
         for item in items(split, limit, seed):
-            image = _glyph_row(_glyphs(item, pixels), width, height)
+            image = _glyph_row(_glyphs(item, pixels), width, height, layout)
             writer.row(
                 uid=item.uid,
                 task=task,
@@ -207,7 +222,11 @@ tb_math = _glyph_converter(
     rationale=expression_text,
 )
 tb_ocr = _glyph_converter(
-    ocr_items, "ocr", "Transcribe the digits in the image.", "Handwritten digit strings to transcribe (ocr)."
+    ocr_items,
+    "ocr",
+    "Transcribe the digits in the image.",
+    "Handwritten digit strings to transcribe (ocr).",
+    rationale=lambda item, labels: item.answer,
 )
 
 

@@ -78,9 +78,10 @@ class BaseConfig:
     num_layers: int = 2
     """Text tower depth of the tiny model."""
     digit_width: int = 224
-    digit_height: int = 56
-    """Image size of the math and ocr rows (charts keep the converter's 112x112): 224x56 is
-    `max_pixels`, 8x2 vision tokens, and draws each digit 32 to 56 pixels wide."""
+    digit_height: int = 28
+    digit_layout: str = "cells"
+    """Images of the math and ocr rows (charts keep the converter's 112x112): 224x28, eight
+    28-pixel cells from the left, one glyph per cell, so each glyph is one vision token."""
     warm_start_steps: int = 2000
     """Supervised steps on the mixture (batch 16)."""
     min_pixels: int = 3136
@@ -370,7 +371,11 @@ def build_base(out: Path, cfg: BaseConfig = BaseConfig()) -> dict:
                 from tiny_r1v.data import convert
 
                 limit = ["--limit", str(cfg.train_rows)] if split == "train" else []
-                size = ["--width", str(cfg.digit_width), "--height", str(cfg.digit_height)] if task != "chart" else []
+                size = (
+                    ["--width", str(cfg.digit_width), "--height", str(cfg.digit_height), "--layout", cfg.digit_layout]
+                    if task != "chart"
+                    else []
+                )
                 args = [kind, "--split", split, "--out", str(data / task), "--seed", str(cfg.seed), *limit, *size]
                 started = time.perf_counter()
                 convert.main(args)
@@ -466,8 +471,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for key, value in asdict(defaults).items():
         if isinstance(value, bool):
             parser.add_argument(f"--{key.replace('_', '-')}", action="store_true", help="see BaseConfig." + key)
-        elif isinstance(value, int):
-            parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
+        else:
+            parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
     cfg = replace(defaults, **{key: getattr(args, key) for key in asdict(defaults) if hasattr(args, key)})
     build_base(Path(args.out), cfg)

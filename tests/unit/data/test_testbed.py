@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -116,7 +117,7 @@ def test_math_answers_evaluate_the_drawn_expression() -> None:
         assert item.answer == str(eval(expression.replace("×", "*")))  # noqa: S307 - digits and + - * only
 
 
-def test_math_rows_carry_the_expression_as_rationale_and_the_others_none(tmp_path: Path) -> None:
+def test_digit_rows_carry_what_the_image_shows_as_rationale_and_charts_none(tmp_path: Path) -> None:
     math_rows = _write(tmp_path / "math", "tb-math", "test", "--limit", "50")
     for row in math_rows:
         assert set(row["rationale"]) <= set("0123456789+-*"), row
@@ -124,8 +125,39 @@ def test_math_rows_carry_the_expression_as_rationale_and_the_others_none(tmp_pat
     assert {e.rationale for e in load_examples(tmp_path / "math" / "test.jsonl", **BOUNDS)} == {
         row["rationale"] for row in math_rows
     }
-    for kind in ("tb-ocr", "tb-chart"):
-        assert all("rationale" not in row for row in _write(tmp_path / kind, kind, "test", "--limit", "5"))
+    assert all(row["rationale"] == row["answer"] for row in _write(tmp_path / "ocr", "tb-ocr", "test", "--limit", "5"))
+    assert all("rationale" not in row for row in _write(tmp_path / "chart", "tb-chart", "test", "--limit", "5"))
+
+
+def test_cells_layout_puts_one_glyph_in_each_cell_from_the_left(tmp_path: Path) -> None:
+    rows = _write(tmp_path, "tb-ocr", "test", "--limit", "20", "--width", "224", "--height", "28", "--layout", "cells")
+    for row in rows:
+        ink = np.asarray(Image.open(tmp_path / row["images"][0])) < 255  # (28, 224)
+        assert ink.shape == (28, 224)
+        inked = [bool(ink[:, 28 * i : 28 * (i + 1)].any()) for i in range(8)]
+        assert inked == [i < len(row["answer"]) for i in range(8)], row  # a 0 or 1 always leaves ink
+        assert not ink[:2].any() and not ink[-2:].any()  # 24-pixel glyphs centred in 28-pixel cells
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--width", "20"], "20x56 pixels cannot hold"),
+        (
+            ["--width", "112", "--height", "28", "--layout", "cells"],
+            "112x28 pixels cannot hold 6 glyphs of 8x8 (cells)",
+        ),
+        (["--layout", "grid"], "--layout 'grid': expected one of centred, cells"),
+    ],
+)
+def test_an_image_that_cannot_hold_the_glyphs_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as info:  # a 6-digit string needs 6 cells of 28 pixels
+        main(["tb-ocr", "--out", str(tmp_path), "--limit", "20", *options])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "train.jsonl").exists()
 
 
 def test_chart_answers_come_from_the_table() -> None:
@@ -141,11 +173,3 @@ def test_chart_answers_come_from_the_table() -> None:
             assert abs(float(question.answer) - price) <= 0.01 * price
         elif question.question == "Which stock has the highest price?":
             assert question.answer == rows.loc[rows["price"].idxmax(), "symbol"]
-
-
-def test_too_small_an_image_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["tb-ocr", "--out", str(tmp_path), "--width", "20", "--limit", "3"])
-    assert info.value.code == 2
-    assert "20x56 pixels cannot hold" in capsys.readouterr().err
-    assert not (tmp_path / "train.jsonl").exists()
