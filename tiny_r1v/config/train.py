@@ -91,7 +91,9 @@ class ModelConfig:
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Parameter dtype of learner and rollout; auto = bfloat16 on GPU, float32 on CPU."""
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
-    """Learner attention kernel; auto = flash_attention_2 on GPU when installed, else sdpa."""
+    """Learner attention kernel; auto = flash_attention_2 on CUDA when `flash_attn` imports, else
+    sdpa (the learners log their choice). flash_attention_2 without CUDA or `flash_attn` is an
+    error."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about a third more compute."""
     freeze_vision_tower: bool = False
