@@ -149,3 +149,29 @@ def test_vllm_generates_with_an_image(vllm_engine, tiny_model_dir) -> None:
     expected = processor(text=[prompt], images=[square])["input_ids"][0]
     assert list(output.prompt_token_ids) == list(expected)
     assert len(output.outputs[0].token_ids) > 0
+
+
+def test_engine_resizes_images_into_the_data_pixel_bounds(engine, prompts, tiny_model_dir, tiny_config):
+    """An image above data.max_pixels costs the engine as many prompt tokens as the learner's
+    processor gives the data pipeline's resize of it (the checkpoint's own bound is far larger)."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    from tiny_r1v.data.dataset import IMAGE_FACTOR
+
+    data = tiny_config.data
+    large = Image.new("RGB", (300, 200), (20, 200, 20))
+    assert large.width * large.height > data.max_pixels
+    height, width = smart_resize(large.height, large.width, IMAGE_FACTOR, data.min_pixels, data.max_pixels)
+    resized = large.resize((width, height), Image.Resampling.BICUBIC)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    config = Qwen2_5_VLForConditionalGeneration.config_class.from_pretrained(tiny_model_dir)
+    learner_view = encode_prompt(
+        processor,
+        Prompt("large", prompts[0].text, (resized,)),
+        config.image_token_id,
+        config.vision_config.spatial_merge_size,
+    )
+    (completion, *_) = engine.generate([Prompt("large", prompts[0].text, (large,))], seed=0)
+    assert completion.prompt_tokens == len(learner_view.input_ids)
+    image_tokens = sum(token == config.image_token_id for token in learner_view.input_ids)
+    assert image_tokens == height * width // (IMAGE_FACTOR * IMAGE_FACTOR) == 12

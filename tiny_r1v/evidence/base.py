@@ -372,7 +372,7 @@ def _checks(out: Path, warm: Path, cfg: BaseConfig) -> dict:
     import torch
     from transformers import AutoProcessor
 
-    from tiny_r1v.config.train import EngineConfig
+    from tiny_r1v.config.train import EngineConfig, PromptConfig
     from tiny_r1v.rollout.engine import build_llm
     from tiny_r1v.rollout.sampling import EngineModel
 
@@ -383,7 +383,13 @@ def _checks(out: Path, warm: Path, cfg: BaseConfig) -> dict:
     engine = EngineConfig(max_response_length=cfg.max_response_length, kv_cache_memory_mb=256, enforce_eager=True)
     print(f"base: checks on {len(examples)} held-out prompts x {cfg.n} samples (and the blank control)", flush=True)
     started = time.perf_counter()
-    llm = build_llm(EngineModel(str(warm), torch.float32), engine, cfg.max_prompt_length, cfg.sample_seed)
+    prompt = PromptConfig(
+        prompt_format=cfg.prompt_format,
+        max_prompt_length=cfg.max_prompt_length,
+        min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
+    )
+    llm = build_llm(EngineModel(str(warm), torch.float32), engine, prompt, cfg.sample_seed)
     try:
         processor = AutoProcessor.from_pretrained(warm)
         report, real, blank = run_checks(

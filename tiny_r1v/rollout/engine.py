@@ -16,14 +16,19 @@ from collections.abc import Mapping, Sequence
 import torch
 from vllm import LLM, SamplingParams
 
-from tiny_r1v.config.train import EngineConfig
+from tiny_r1v.config.train import EngineConfig, PromptConfig
 from tiny_r1v.protocol import Completion, Prompt
 from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec, sample_seed
 
 
-def build_llm(model: EngineModel, engine: EngineConfig, max_prompt_length: int, seed: int) -> LLM:
-    """An in-process vLLM engine for ``model``, sized by ``engine`` for prompts of up to
-    ``max_prompt_length`` tokens."""
+def build_llm(model: EngineModel, engine: EngineConfig, prompt: PromptConfig, seed: int) -> LLM:
+    """An in-process vLLM engine for ``model``, sized by ``engine`` for ``prompt``'s prompts: up to
+    ``max_prompt_length`` tokens, images resized into [``min_pixels``, ``max_pixels``].
+
+    The pixel bounds go to vLLM's processor as the data pipeline's: vLLM then profiles its
+    memory with the largest image the data can hold rather than the checkpoint's default maximum
+    (far larger for Qwen2.5-VL), and an image outside the bounds is resized to the same number of
+    tokens the learner's processor sees after the data pipeline's resize."""
     memory = (
         {"kv_cache_memory_bytes": engine.kv_cache_memory_mb << 20}
         if engine.kv_cache_memory_mb is not None
@@ -39,8 +44,9 @@ def build_llm(model: EngineModel, engine: EngineConfig, max_prompt_length: int, 
             dtype=str(model.dtype).removeprefix("torch."),
             tensor_parallel_size=engine.tensor_parallel_size,
             enforce_eager=engine.enforce_eager,
-            max_model_len=max_prompt_length + engine.max_response_length,
+            max_model_len=prompt.max_prompt_length + engine.max_response_length,
             limit_mm_per_prompt={"image": engine.max_images_per_prompt, "video": 0},
+            mm_processor_kwargs={"min_pixels": prompt.min_pixels, "max_pixels": prompt.max_pixels},
             seed=seed,
             **memory,
         )

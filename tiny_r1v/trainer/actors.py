@@ -50,7 +50,7 @@ def build_rollout_llm(cfg: TrainConfig):  # -> vllm.LLM, imported lazily (the dr
     from tiny_r1v.rollout.engine import build_llm
 
     model = EngineModel.resolve(cfg.model.path, cfg.model.dtype, cfg.trainer.device, cfg.model.trust_remote_code)
-    return build_llm(model, cfg.rollout, cfg.data.max_prompt_length, cfg.rollout.seed)
+    return build_llm(model, cfg.rollout, cfg.data, cfg.rollout.seed)
 
 
 class RolloutWorker:
