@@ -41,7 +41,11 @@ def rollout_sampling(cfg: TrainConfig) -> SamplingSpec:
     """How the rollout engines sample a group."""
     rollout = cfg.rollout
     return SamplingSpec(
-        n=rollout.n, temperature=rollout.temperature, top_p=rollout.top_p, max_tokens=rollout.max_response_length
+        n=rollout.n,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        max_tokens=rollout.max_response_length,
+        seed_mode=rollout.seed_mode,
     )
 
 
