@@ -72,7 +72,7 @@ def sample_seed(seed: int, slot: int, n: int) -> int:
 
 def call_seed(seed: int, first_slot: int) -> int:
     """The torch seed of a ``per_call`` generate call whose first prompt is slot ``first_slot``:
-    a hash, so calls of different run seeds or slots never share a stream (a 64-bit value, the
+    a hash, so calls of different run seeds or slots draw unrelated streams (a 64-bit value, the
     range `torch.manual_seed` takes)."""
     digest = hashlib.blake2b(f"{seed}:{first_slot}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
