@@ -19,7 +19,6 @@ from tiny_r1v.evidence.base import (
     check_subset,
     format_checks,
     group_kind,
-    prefill_batches,
     run_checks,
     task_figures,
 )
@@ -109,9 +108,3 @@ def test_checks_on_the_tiny_model_recount(tmp_path: Path, tiny_model_dir: Path, 
     assert report["verdicts"]["truncated_below_limit"] == (report["real"]["all"]["truncated"] < 0.1)
     table = format_checks(report)
     assert all(f"check {i}," in table for i in (1, 2, 3)) and all(task in table for task in TESTBED_KINDS)
-
-
-def test_prefill_batches_fit_the_budget() -> None:
-    assert prefill_batches([10, 10, 10, 30, 5], n=2, budget=40) == [(0, 2), (2, 3), (3, 4), (4, 5)]
-    assert prefill_batches([100], n=8, budget=64) == [(0, 1)]
-    assert prefill_batches([], n=8, budget=64) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -149,3 +151,101 @@ def test_vllm_generates_with_an_image(vllm_engine, tiny_model_dir) -> None:
     expected = processor(text=[prompt], images=[square])["input_ids"][0]
     assert list(output.prompt_token_ids) == list(expected)
     assert len(output.outputs[0].token_ids) > 0
+
+
+def test_engine_resizes_images_into_the_data_pixel_bounds(engine, prompts, tiny_model_dir, tiny_config):
+    """An image above data.max_pixels costs the engine as many prompt tokens as the learner's
+    processor gives the data pipeline's resize of it (the checkpoint's own bound is far larger)."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    from tiny_r1v.data.dataset import IMAGE_FACTOR
+
+    data = tiny_config.data
+    large = Image.new("RGB", (300, 200), (20, 200, 20))
+    assert large.width * large.height > data.max_pixels
+    height, width = smart_resize(large.height, large.width, IMAGE_FACTOR, data.min_pixels, data.max_pixels)
+    resized = large.resize((width, height), Image.Resampling.BICUBIC)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    config = Qwen2_5_VLForConditionalGeneration.config_class.from_pretrained(tiny_model_dir)
+    learner_view = encode_prompt(
+        processor,
+        Prompt("large", prompts[0].text, (resized,)),
+        config.image_token_id,
+        config.vision_config.spatial_merge_size,
+    )
+    (completion, *_) = engine.generate([Prompt("large", prompts[0].text, (large,))], seed=0)
+    assert completion.prompt_tokens == len(learner_view.input_ids)
+    image_tokens = sum(token == config.image_token_id for token in learner_view.input_ids)
+    assert image_tokens == height * width // (IMAGE_FACTOR * IMAGE_FACTOR) == 12
+
+
+@pytest.fixture(scope="module")
+def per_call_engine(vllm_engine, tiny_config) -> RolloutEngine:
+    """The shared engine, seeded once per call."""
+    return RolloutEngine(vllm_engine, replace(rollout_sampling(tiny_config), seed_mode="per_call"))
+
+
+def tokens(completions) -> list[tuple[int, ...]]:
+    return [c.token_ids for c in completions]
+
+
+def test_per_call_seed_gives_the_same_samples_whatever_ran_before(per_call_engine, engine, prompts):
+    first = tokens(per_call_engine.generate(prompts, seed=0, first_slot=6))
+    assert len(set(first)) > 1
+    # Other sampled calls in between (per-request seeded ones, another per-call seed) change nothing.
+    engine.generate(prompts, seed=0)
+    other_seed = tokens(per_call_engine.generate(prompts, seed=1, first_slot=6))
+    other_slot = tokens(per_call_engine.generate(prompts, seed=0, first_slot=9))
+    assert tokens(per_call_engine.generate(prompts, seed=0, first_slot=6)) == first
+    assert other_seed != first and other_slot != first
+    # Unseeded calls are not reproducible: the seed is what fixes the samples.
+    assert tokens(per_call_engine.generate(prompts)) != tokens(per_call_engine.generate(prompts))
+
+
+@pytest.mark.parametrize("seed_mode", ["per_request", "per_call"])
+def test_a_call_with_more_prompt_tokens_than_a_step_holds(vllm_engine, tiny_config, prompts, seed_mode):
+    """vLLM's CPU generators cannot rewind, so a seeded prefill split across steps crashed ("CPU
+    Generator does not use offset"): the engine prefills each prompt in one step on CPU."""
+    scheduler = vllm_engine.llm_engine.vllm_config.scheduler_config
+    assert not scheduler.enable_chunked_prefill
+    engine = RolloutEngine(vllm_engine, replace(rollout_sampling(tiny_config), seed_mode=seed_mode))
+    per_group = engine.n * min(c.prompt_tokens for c in engine.generate(prompts, greedy=True))
+    copies = scheduler.max_num_batched_tokens // (per_group * len(prompts)) + 1
+    many = [replace(p, uid=f"{p.uid}-{i}") for i in range(copies) for p in prompts]
+    assert (
+        sum(c.prompt_tokens for c in engine.generate(many, greedy=True)) * engine.n > scheduler.max_num_batched_tokens
+    )
+    samples = tokens(engine.generate(many, seed=2))
+    assert len(samples) == len(many) * engine.n
+    if seed_mode == "per_request":
+        # Each prompt's samples are its slot's, however the prompts are split into calls.
+        half = len(many) // 2
+        split = engine.generate(many[:half], seed=2) + engine.generate(many[half:], seed=2, first_slot=half)
+        assert tokens(split) == samples
+    else:
+        assert tokens(engine.generate(many, seed=2)) == samples
+
+
+def test_restarted_worker_samples_a_per_call_step_again(ray_local, tiny_config, prompts):
+    """A rollout worker that Ray restarts draws the samples of the step it is given again, though
+    its engine's generators start where the first call of the killed one started."""
+    import ray
+
+    from tiny_r1v.trainer.actors import RolloutWorker
+
+    cfg = replace(tiny_config, rollout=replace(tiny_config.rollout, seed_mode="per_call"))
+    worker = ray.remote(RolloutWorker).options(max_restarts=1).remote(cfg)
+    try:
+        ray.get(worker.generate.remote(prompts, 3, 12))  # an earlier step
+        step = tokens(ray.get(worker.generate.remote(prompts, 3, 15)))
+        ray.kill(worker, no_restart=False)
+        again = None
+        for _ in range(120):  # until Ray has rebuilt it
+            try:
+                again = tokens(ray.get(worker.generate.remote(prompts, 3, 15)))
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                time.sleep(1)
+        assert again == step
+    finally:
+        ray.kill(worker)

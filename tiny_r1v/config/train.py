@@ -98,7 +98,9 @@ class ModelConfig:
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Parameter dtype of learner and rollout; auto = bfloat16 on GPU, float32 on CPU."""
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
-    """Learner attention kernel; auto = flash_attention_2 on GPU when installed, else sdpa."""
+    """Learner attention kernel; auto = flash_attention_2 on CUDA when `flash_attn` imports, else
+    sdpa (the learners log their choice). flash_attention_2 without CUDA or `flash_attn` is an
+    error."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about a third more compute."""
     freeze_vision_tower: bool = False
@@ -149,6 +151,13 @@ class RolloutConfig(EngineConfig):
     """Rollout workers (one vLLM engine each)."""
     seed: int = 1
     """Seed of the vLLM sampler."""
+    seed_mode: Literal["per_request", "per_call"] = "per_request"
+    """How `seed` makes sampling reproducible (`tiny_r1v.rollout.sampling.SeedMode`): per_request
+    seeds every prompt from its slot in the run (a prompt's samples do not depend on the rest of
+    the batch or the number of workers; vLLM then samples with a generator per request, slow on
+    GPU); per_call reseeds each worker's engine once per call from (seed, step, worker) and samples
+    the batch at once (the same step on the same hardware and workers gives the same samples, a
+    restarted worker included)."""
 
     def validate(self) -> None:
         require(self.n >= 2, "n", f"group size must be >= 2, got {self.n}")

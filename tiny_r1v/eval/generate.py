@@ -51,7 +51,7 @@ def build_eval_llm(cfg: EvalConfig, model_dir: str) -> LLM:
     """The vLLM engine an evaluation actor runs for `model_dir` (tests build the same one)."""
     from tiny_r1v.rollout.engine import build_llm
 
-    return build_llm(engine_model(cfg, model_dir), cfg.engine, cfg.prompt.max_prompt_length, cfg.decoding.seed)
+    return build_llm(engine_model(cfg, model_dir), cfg.engine, cfg.prompt, cfg.decoding.seed)
 
 
 class ModelEvaluator:

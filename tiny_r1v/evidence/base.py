@@ -261,12 +261,7 @@ def sample_scored(
 
     engine = RolloutEngine(llm, SamplingSpec(n=n, temperature=1.0, top_p=1.0, max_tokens=max_tokens))
     prompts = [render_prompt(processor, e, prompt_format, e.uid) for e in examples]
-    lengths = [len(processor(text=[p.text], images=list(p.images) or None)["input_ids"][0]) for p in prompts]
-    budget = llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
-    completions = []
-    for start, stop in prefill_batches(lengths, n, budget):
-        # first_slot keeps each prompt's sample seeds those of one call over all prompts
-        completions += engine.generate(prompts[start:stop], seed=seed, first_slot=start)
+    completions = engine.generate(prompts, seed=seed)
     texts = decode(processor.tokenizer, completions)
     by_uid = {e.uid: e for e in examples}
     references = [Reference(task=by_uid[c.uid].task, answer=by_uid[c.uid].answer) for c in completions]
@@ -284,24 +279,6 @@ def sample_scored(
         )
         for index, (c, text, reference, result) in enumerate(zip(completions, texts, references, scores, strict=True))
     ]
-
-
-def prefill_batches(lengths: Sequence[int], n: int, budget: int) -> list[tuple[int, int]]:
-    """Consecutive [start, stop) ranges of prompts whose `n` samples' prompt tokens fit `budget`.
-
-    vLLM's CPU backend crashes ("CPU Generator does not use offset") when a seeded request's
-    prefill is split across engine steps (chunked prefill); a call whose prompts all prefill in
-    its first step never splits one. A prompt too long for the budget alone gets its own call.
-    """
-    ranges, start, used = [], 0, 0
-    for index, length in enumerate(lengths):
-        if index > start and used + n * length > budget:
-            ranges.append((start, index))
-            start, used = index, 0
-        used += n * length
-    if lengths:
-        ranges.append((start, len(lengths)))
-    return ranges
 
 
 def run_checks(
@@ -432,7 +409,7 @@ def _checks(out: Path, warm: Path, examples: Sequence[Example], cfg: BaseConfig)
     import torch
     from transformers import AutoProcessor
 
-    from tiny_r1v.config.train import EngineConfig
+    from tiny_r1v.config.train import EngineConfig, PromptConfig
     from tiny_r1v.rollout.engine import build_llm
     from tiny_r1v.rollout.sampling import EngineModel
 
@@ -440,7 +417,13 @@ def _checks(out: Path, warm: Path, examples: Sequence[Example], cfg: BaseConfig)
     split = "validation" if cfg.tune else "held-out test"
     print(f"base: checks on {len(examples)} {split} prompts x {cfg.n} samples (and the blank control)", flush=True)
     started = time.perf_counter()
-    llm = build_llm(EngineModel(str(warm), torch.float32), engine, cfg.max_prompt_length, cfg.sample_seed)
+    prompt = PromptConfig(
+        prompt_format=cfg.prompt_format,
+        max_prompt_length=cfg.max_prompt_length,
+        min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
+    )
+    llm = build_llm(EngineModel(str(warm), torch.float32), engine, prompt, cfg.sample_seed)
     try:
         processor = AutoProcessor.from_pretrained(warm)
         report, real, blank = run_checks(

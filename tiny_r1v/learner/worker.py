@@ -29,7 +29,7 @@ from verl.utils.torch_functional import masked_mean
 from verl.workers.config import FSDPActorConfig
 
 from tiny_r1v.config.train import TrainConfig
-from tiny_r1v.device import compute_dtype, resolve_device
+from tiny_r1v.device import attention_kernel, compute_dtype, resolve_device
 from tiny_r1v.learner.inputs import EncodedPrompt, PolicyInputs, collate, encode_prompt
 from tiny_r1v.learner.policy import PolicyModel, shard_policy
 from tiny_r1v.protocol import TrainSample
@@ -40,18 +40,6 @@ _MASTER = "param/"
 
 # Checkpoint keys of the wrapped model start with the wrapper's attribute name.
 _WRAPPER_PREFIX = "model."
-
-
-def _attention(setting: str, device: torch.device) -> str:
-    if setting != "auto":
-        return setting
-    if device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-        except ImportError:
-            return "sdpa"
-        return "flash_attention_2"
-    return "sdpa"
 
 
 def _batches_of(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -192,7 +180,7 @@ class Learner:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path,
             dtype=torch.float32,
-            attn_implementation=_attention(self.cfg.model.attn_implementation, self.device),
+            attn_implementation=attention_kernel(self.cfg.model.attn_implementation, self.device),
             trust_remote_code=self.cfg.model.trust_remote_code,
         )
         if not trainable:

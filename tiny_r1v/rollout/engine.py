@@ -15,15 +15,21 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from vllm import LLM, SamplingParams
+from vllm.platforms import current_platform
 
-from tiny_r1v.config.train import EngineConfig
+from tiny_r1v.config.train import EngineConfig, PromptConfig
 from tiny_r1v.protocol import Completion, Prompt
-from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec, sample_seed
+from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec, call_seed, sample_seed
 
 
-def build_llm(model: EngineModel, engine: EngineConfig, max_prompt_length: int, seed: int) -> LLM:
-    """An in-process vLLM engine for ``model``, sized by ``engine`` for prompts of up to
-    ``max_prompt_length`` tokens."""
+def build_llm(model: EngineModel, engine: EngineConfig, prompt: PromptConfig, seed: int) -> LLM:
+    """An in-process vLLM engine for ``model``, sized by ``engine`` for ``prompt``'s prompts: up to
+    ``max_prompt_length`` tokens, images resized into [``min_pixels``, ``max_pixels``].
+
+    The pixel bounds go to vLLM's processor as the data pipeline's: vLLM then profiles its
+    memory with the largest image the data can hold rather than the checkpoint's default maximum
+    (far larger for Qwen2.5-VL), and an image outside the bounds is resized to the same number of
+    tokens the learner's processor sees after the data pipeline's resize."""
     memory = (
         {"kv_cache_memory_bytes": engine.kv_cache_memory_mb << 20}
         if engine.kv_cache_memory_mb is not None
@@ -39,8 +45,14 @@ def build_llm(model: EngineModel, engine: EngineConfig, max_prompt_length: int, 
             dtype=str(model.dtype).removeprefix("torch."),
             tensor_parallel_size=engine.tensor_parallel_size,
             enforce_eager=engine.enforce_eager,
-            max_model_len=max_prompt_length + engine.max_response_length,
+            max_model_len=prompt.max_prompt_length + engine.max_response_length,
             limit_mm_per_prompt={"image": engine.max_images_per_prompt, "video": 0},
+            mm_processor_kwargs={"min_pixels": prompt.min_pixels, "max_pixels": prompt.max_pixels},
+            # A prefill split across engine steps makes vLLM rewind the request's generator for
+            # the discarded sample, which a CPU generator cannot do ("CPU Generator does not use
+            # offset"): on CPU every prompt prefills in one step (vLLM then raises the step's
+            # token budget to at least the model length).
+            enable_chunked_prefill=not current_platform.is_cpu(),
             seed=seed,
             **memory,
         )
@@ -64,12 +76,18 @@ def _params(spec: SamplingSpec) -> SamplingParams:
     )
 
 
+def _seed_torch(worker: object, seed: int) -> None:
+    """Run on each vLLM worker: unseeded requests draw from its default torch generators."""
+    torch.manual_seed(seed)  # the CPU generator and every CUDA device's
+
+
 class RolloutEngine:
     """Samples ``sampling.n`` responses per prompt and records which weights produced them."""
 
     def __init__(self, llm: LLM, sampling: SamplingSpec) -> None:
         self.llm = llm
         self.n = sampling.n
+        self.seed_mode = sampling.seed_mode
         self.sampling = _params(sampling)
         # Validation, as verl's default: one greedy response per prompt.
         self.greedy = _params(SamplingSpec(n=1, temperature=0.0, top_p=1.0, max_tokens=sampling.max_tokens))
@@ -81,8 +99,11 @@ class RolloutEngine:
         """``n`` completions per prompt (one greedy one with ``greedy``), grouped in prompt order.
 
         Args:
-            seed: makes sampling reproducible however a batch is split across engines: prompt
-                ``i`` is slot ``first_slot + i`` and draws with ``sample_seed(seed, slot, n)``.
+            seed: makes sampling reproducible, as the spec's ``seed_mode`` says
+                (`tiny_r1v.rollout.sampling.SeedMode`): ``per_request`` draws prompt ``i`` (slot
+                ``first_slot + i``) with ``sample_seed(seed, slot, n)``, however a batch is split
+                across engines; ``per_call`` seeds the whole call with
+                ``call_seed(seed, first_slot)``.
         """
         requests = [
             {"prompt": p.text, "multi_modal_data": {"image": list(p.images)}} if p.images else {"prompt": p.text}
@@ -90,9 +111,15 @@ class RolloutEngine:
         ]
         params = self.greedy if greedy else self.sampling
         if seed is not None and not greedy:
-            params = [params.clone() for _ in prompts]
-            for index, item in enumerate(params):
-                item.seed = sample_seed(seed, first_slot + index, self.n)
+            if self.seed_mode == "per_request":
+                params = [params.clone() for _ in prompts]
+                for index, item in enumerate(params):
+                    item.seed = sample_seed(seed, first_slot + index, self.n)
+            else:
+                # A fresh engine's caches are empty; cached prefixes or images would let vLLM
+                # pack the steps differently, and the noise rows follow the packing.
+                self._drop_caches()
+                self.llm.collective_rpc(_seed_torch, args=(call_seed(seed, first_slot),))
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         completions = []
         for prompt, output in zip(prompts, outputs, strict=True):
@@ -120,6 +147,10 @@ class RolloutEngine:
         were computed by the old weights, so both caches are dropped too.
         """
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items())})
+        self._drop_caches()
+        self.weight_version = version
+
+    def _drop_caches(self) -> None:
+        """Forget cached prompt prefixes and image embeddings."""
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
-        self.weight_version = version

@@ -3,7 +3,9 @@ so drivers and configs can build these cheaply)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -27,6 +29,25 @@ class EngineModel:
         return cls(path, compute_dtype(dtype, resolve_device(device)), trust_remote_code)
 
 
+SeedMode = Literal["per_request", "per_call"]
+"""How a seeded generate call makes its samples reproducible.
+
+``per_request``: every request carries its own vLLM seed (`sample_seed`), so a prompt's samples
+depend on the call's seed and its slot alone, whatever else the batch holds or however it is
+split across engines. vLLM then draws each such request's noise with its own torch generator, one
+request after another on every decoding step: slow on a GPU.
+
+``per_call``: no request carries a seed; the engine reseeds its workers' torch generators with
+`call_seed` (from the call's seed and first slot) and samples the whole batch with one draw per
+step, as unseeded vLLM does (verl, EasyR1 and OpenRLHF seed only at engine start). The samples are
+then a function of the call as a whole: the same weights, prompts in the same order, seed and first
+slot on the same hardware and engine settings give the same samples, in a long-running engine or
+a freshly restarted one (the call also empties the prefix and image caches, whose contents would
+change how vLLM splits the batch into steps). Another batch composition or split across engines
+gives other samples.
+"""
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     """How responses are drawn."""
@@ -38,6 +59,8 @@ class SamplingSpec:
     top_p: float
     max_tokens: int
     """Generation limit per response."""
+    seed_mode: SeedMode = "per_request"
+    """How a seeded call draws its samples (see `SeedMode`)."""
 
 
 def sample_seed(seed: int, slot: int, n: int) -> int:
@@ -45,3 +68,11 @@ def sample_seed(seed: int, slot: int, n: int) -> int:
     ``sample_seed + k``, so sample ``k`` draws with ``(seed + slot) * n + k`` and no two samples
     of consecutive slots share their random draws."""
     return (seed + slot) * n
+
+
+def call_seed(seed: int, first_slot: int) -> int:
+    """The torch seed of a ``per_call`` generate call whose first prompt is slot ``first_slot``:
+    a hash, so calls of different run seeds or slots draw unrelated streams (a 64-bit value, the
+    range `torch.manual_seed` takes)."""
+    digest = hashlib.blake2b(f"{seed}:{first_slot}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")

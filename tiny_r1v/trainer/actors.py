@@ -41,7 +41,11 @@ def rollout_sampling(cfg: TrainConfig) -> SamplingSpec:
     """How the rollout engines sample a group."""
     rollout = cfg.rollout
     return SamplingSpec(
-        n=rollout.n, temperature=rollout.temperature, top_p=rollout.top_p, max_tokens=rollout.max_response_length
+        n=rollout.n,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        max_tokens=rollout.max_response_length,
+        seed_mode=rollout.seed_mode,
     )
 
 
@@ -50,7 +54,7 @@ def build_rollout_llm(cfg: TrainConfig):  # -> vllm.LLM, imported lazily (the dr
     from tiny_r1v.rollout.engine import build_llm
 
     model = EngineModel.resolve(cfg.model.path, cfg.model.dtype, cfg.trainer.device, cfg.model.trust_remote_code)
-    return build_llm(model, cfg.rollout, cfg.data.max_prompt_length, cfg.rollout.seed)
+    return build_llm(model, cfg.rollout, cfg.data, cfg.rollout.seed)
 
 
 class RolloutWorker:

@@ -95,7 +95,7 @@ REFERENCE = [
     # the GPU run these files describe
     (("model", "path"), "/models/Qwen2.5-VL-3B-Instruct"),
     (("model", "dtype"), "bfloat16"),
-    (("model", "attn_implementation"), "flash_attention_2"),
+    (("model", "attn_implementation"), "auto"),
     (("trainer", "device"), "cuda"),
 ]
 
