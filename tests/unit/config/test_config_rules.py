@@ -189,6 +189,8 @@ RULES = [
     ("learner.global_batch_size=0", "learner.global_batch_size: must be > 0, got 0"),
     ("learner.micro_batch_size=0", "learner.micro_batch_size: must be > 0, got 0"),
     ("learner.ppo_epochs=0", "learner.ppo_epochs: must be > 0, got 0"),
+    ("learner.max_tokens_per_micro_batch=0", "learner.max_tokens_per_micro_batch: must be > 0, got 0"),
+    ("learner.logprob_chunk_tokens=0", "learner.logprob_chunk_tokens: must be > 0, got 0"),
     # trainer
     ("trainer.rollout_batch_size=0", "trainer.rollout_batch_size: must be > 0, got 0"),
     ("trainer.total_steps=0", "trainer.total_steps: must be > 0, got 0"),
@@ -202,6 +204,11 @@ RULES = [
         "trainer.rollout_batch_size: must be a multiple of learner.global_batch_size (128), got 100",
     ),
     ("learner.micro_batch_size=3", "learner.global_batch_size: samples per step"),
+    (
+        "learner.max_tokens_per_micro_batch=8192 learner.num_workers=3",
+        "learner.global_batch_size: samples per step (global_batch_size * rollout.n = 640) must be a "
+        "multiple of num_workers (3)",
+    ),
     (
         "model.attn_implementation=flash_attention_2 trainer.device=cpu",
         "model.attn_implementation: flash_attention_2 needs CUDA",
