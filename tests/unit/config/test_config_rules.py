@@ -224,6 +224,12 @@ def test_rule_rejects(overrides, message):
     assert len(err.value.errors) == 1
 
 
+def test_a_token_budget_frees_the_samples_from_micro_batch_size():
+    # 640 samples per step are no multiple of micro_batch_size 3, but a token budget cuts them freely.
+    cfg = load("learner.micro_batch_size=3", "learner.max_tokens_per_micro_batch=8192")
+    assert cfg.learner.max_tokens_per_micro_batch == 8192
+
+
 TYPE_ERRORS = [
     ("rollout.temperature=hot", "rollout.temperature: expected float, got str 'hot'"),
     ("rollout.n=true", "rollout.n: expected int, got bool True"),
