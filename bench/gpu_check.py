@@ -9,12 +9,17 @@ no Ray, vLLM, verl or flash-attn, and nothing is downloaded. The model is a Qwen
 
 Learner (1 rank): the project's ``PolicyModel`` FSDP2-sharded by ``shard_policy`` over a
 one-process group, float32 master weights and bfloat16 compute as ``Learner`` does, gradient
-checkpointing as ``configs/math.yaml`` asks, on one micro-batch of the math config's worst case
-(``micro_batch_size`` samples of ``max_prompt_length`` + ``max_response_length`` tokens, one
-image at ``max_pixels`` each). Per phase: peak CUDA memory (log-probs under no_grad,
-forward+backward, clip + AdamW step) and seconds; then a projection to 4 and 8 ranks of 80 GB,
-learner tokens/s and MFU. Merge: WUDI and AMM (default settings, K = 3) per distinct 2-D shape
-the 3B merge optimises, the projected whole-merge time, and CPU-vs-CUDA agreement on small tensors.
+checkpointing as ``configs/math.yaml`` asks, chunked log-probs (``learner.logprob_chunk_tokens``),
+on one micro-batch of the math config's size: ``micro_batch_size`` samples of
+``max_prompt_length`` prompt tokens (one image at ``max_pixels`` each) and responses of evenly
+spread lengths up to ``max_response_length``, so right-padded rows hold padding. The same samples
+run in both layouts: packed into one row (``learner.padding_free``, the shipped setting) and
+right-padded (the padded rows are the worst case's ``micro_batch_size x (prompt + response)``).
+Per layout and phase: peak CUDA memory (log-probs under no_grad, forward+backward, clip + AdamW
+step) and seconds, learner tokens/s and MFU over the real (non-padding) tokens; then a
+projection to 4 and 8 ranks of 80 GB from the larger of the two layouts' peaks. Merge: WUDI and AMM (default
+settings, K = 3) per distinct 2-D shape the 3B merge optimises, the projected whole-merge time,
+and CPU-vs-CUDA agreement on small tensors.
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out``. Every assumption behind a projected
 figure is written next to it. On CPU, memory figures are null (torch keeps no CPU allocator
@@ -89,7 +94,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  #
 from tiny_r1v.config import load_config  # noqa: E402
 from tiny_r1v.config.train import TrainConfig  # noqa: E402
 from tiny_r1v.device import compute_dtype  # noqa: E402
-from tiny_r1v.learner.inputs import EncodedPrompt, PolicyInputs, collate  # noqa: E402
+from tiny_r1v.learner.inputs import EncodedPrompt, PolicyInputs, collate, pack  # noqa: E402
 from tiny_r1v.learner.policy import PolicyModel, shard_policy  # noqa: E402
 from tiny_r1v.merge.config import AmmConfig, WudiConfig  # noqa: E402
 from tiny_r1v.merge.methods import METHODS  # noqa: E402
@@ -167,8 +172,9 @@ def hf_config(shape: dict[str, Any]) -> Qwen2_5_VLConfig:
 
 @dataclass(frozen=True)
 class Workload:
-    """One learner micro-batch: ``micro_batch`` samples of ``prompt`` + ``response`` tokens, each
-    prompt holding one image of ``grid`` x ``grid`` patches."""
+    """One learner micro-batch: ``micro_batch`` samples of ``prompt`` tokens, each prompt holding
+    one image of ``grid`` x ``grid`` patches, and responses of ``response * (i + 1) / micro_batch``
+    tokens for sample ``i`` (the last one the longest allowed)."""
 
     micro_batch: int
     prompt: int
@@ -190,12 +196,16 @@ def workload(cfg: TrainConfig, dry_run: bool) -> Workload:
         side,
         per_rank // cfg.learner.micro_batch_size,
     )
-    # Dry run: 16 patches a side (64 image tokens), 96-token prompts, 32-token responses.
+    # Dry run: 16 patches a side (64 image tokens), 96-token prompts, responses up to 32 tokens.
     return replace(full, micro_batch=2, prompt=96, response=32, grid=16) if dry_run else full
 
 
-def micro_batch(work: Workload, config: Qwen2_5_VLConfig, generator: torch.Generator) -> PolicyInputs:
-    """A collated micro-batch of random tokens and pixels, through the learner's ``collate``."""
+def response_lengths(work: Workload) -> list[int]:
+    return [work.response * (i + 1) // work.micro_batch for i in range(work.micro_batch)]
+
+
+def samples(work: Workload, config: Qwen2_5_VLConfig, generator: torch.Generator) -> list:
+    """Encoded prompts of random tokens and pixels with their responses, as the learner collates them."""
     image_tokens = (work.grid // 2) ** 2
     text = work.prompt - image_tokens - 2
     if text < 1:
@@ -205,7 +215,7 @@ def micro_batch(work: Workload, config: Qwen2_5_VLConfig, generator: torch.Gener
     # Random ids below the special tokens (which start at vision_start - 10 in both shapes).
     ordinary = config.vision_start_token_id - 10
     pairs = []
-    for i in range(work.micro_batch):
+    for i, length in enumerate(response_lengths(work)):
         ids = torch.cat(
             [
                 torch.tensor([config.vision_start_token_id]),
@@ -222,9 +232,9 @@ def micro_batch(work: Workload, config: Qwen2_5_VLConfig, generator: torch.Gener
             pixel_values=torch.randn(work.grid**2, patch, generator=generator),
             image_grid_thw=torch.tensor([[1, work.grid, work.grid]]),
         )
-        response = tuple(torch.randint(ordinary, (work.response,), generator=generator).tolist())
+        response = tuple(torch.randint(ordinary, (length,), generator=generator).tolist())
         pairs.append((prompt, TrainSample(Prompt(f"p{i}", ""), response, advantage=1.0 if i % 2 else -1.0)))
-    return collate(pairs, pad_token_id=0)
+    return pairs
 
 
 class Memory:
@@ -284,7 +294,7 @@ def check_learner(cfg: TrainConfig, shape: dict[str, Any], work: Workload, devic
         model.model.visual.requires_grad_(False)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    policy = PolicyModel(model)
+    policy = PolicyModel(model, cfg.learner.logprob_chunk_tokens)
     mixed = MixedPrecisionPolicy(param_dtype=compute_dtype(cfg.model.dtype, device), reduce_dtype=torch.float32)
     shard_policy(policy, mixed)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -296,8 +306,58 @@ def check_learner(cfg: TrainConfig, shape: dict[str, Any], work: Workload, devic
     n_params = sum(p.numel() for p in policy.parameters())
     n_vision = sum(p.numel() for p in model.model.visual.parameters())
     n_trainable = sum(p.numel() for p in params)
+    kl = cfg.algorithm.kl_coef > 0
 
-    inputs = micro_batch(work, config, torch.Generator().manual_seed(0)).to(device)
+    pairs = samples(work, config, torch.Generator().manual_seed(0))
+    layouts = {
+        "packed": pack(pairs, model.model.get_rope_index),
+        "padded": collate(pairs, pad_token_id=0),
+    }
+    runs = {
+        name: run_layout(policy, params, optimizer, inputs.to(device), cfg, work, n_params, repeats)
+        for name, inputs in layouts.items()
+    }
+    return {
+        "model": {
+            "parameters": n_params,
+            "vision_parameters": n_vision,
+            "trainable_parameters": n_trainable,
+            "master_dtype": "float32",
+            "compute_dtype": str(mixed.param_dtype).removeprefix("torch."),
+            "reference_dtype": str(mixed.param_dtype).removeprefix("torch."),
+            "attn_implementation": attn,
+            "gradient_checkpointing": cfg.model.gradient_checkpointing,
+            "logprob_chunk_tokens": cfg.learner.logprob_chunk_tokens,
+            "tie_word_embeddings": shape["tie_word_embeddings"],
+            "build_seconds": build_s,
+        },
+        "configured_layout": "packed" if cfg.learner.padding_free else "padded",
+        "layouts": runs,
+        "throughput_assumptions": (
+            f"FLOPs = 6 * N * tokens for forward+backward and 2 * N * tokens for a log-prob pass, "
+            f"N = all {n_params:,} parameters, tokens = the micro-batch's real prompt + response tokens "
+            f"(image tokens included, padding not: a padded layout's work on padding counts as lost; the "
+            f"vision tower's patches, attention's T^2 term and gradient checkpointing's recomputed forward "
+            f"are not counted, so the real work is higher); peak {PEAK_TFLOPS:.0f} TFLOP/s (H100/H200 dense "
+            f"bf16). Learner tokens/s per rank = tokens / ({1 + kl} log-prob pass(es)"
+            f"{' (old + reference)' if kl else ''} + forward+backward + 1/{work.micro_per_mini} optimizer step)."
+        ),
+        "_counts": (n_params, n_trainable, kl, mixed.param_dtype.itemsize),
+    }
+
+
+def run_layout(
+    policy: PolicyModel,
+    params: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    inputs: PolicyInputs,
+    cfg: TrainConfig,
+    work: Workload,
+    n_params: int,
+    repeats: int,
+) -> dict:
+    """Peak memory and seconds per phase, and throughput, of one micro-batch layout."""
+    device = inputs.input_ids.device
     memory = Memory(device)
     memory.phases["weights"] = {"before_gb": None, "peak_allocated_gb": memory.allocated(), "peak_reserved_gb": None}
     seconds: dict[str, list[float]] = {"logprob": [], "forward_backward": [], "optimizer_step": []}
@@ -335,57 +395,44 @@ def check_learner(cfg: TrainConfig, shape: dict[str, Any], work: Workload, devic
     timed = {name: statistics.median(values[1:] or values) for name, values in seconds.items()}
     memory.phases["after_step"] = {"before_gb": None, "peak_allocated_gb": memory.allocated(), "peak_reserved_gb": None}
 
-    tokens = work.micro_batch * (work.prompt + work.response)
+    tokens = inputs.real_tokens()
     flops_fb = 6 * n_params * tokens
     # One micro-batch's share of an iteration on one rank: old + reference log-probs, the
     # update's forward+backward, and 1/micro_per_mini of an optimizer step.
     kl = cfg.algorithm.kl_coef > 0
     per_micro = (1 + kl) * timed["logprob"] + timed["forward_backward"] + timed["optimizer_step"] / work.micro_per_mini
     return {
-        "model": {
-            "parameters": n_params,
-            "vision_parameters": n_vision,
-            "trainable_parameters": n_trainable,
-            "master_dtype": "float32",
-            "compute_dtype": str(mixed.param_dtype).removeprefix("torch."),
-            "attn_implementation": attn,
-            "gradient_checkpointing": cfg.model.gradient_checkpointing,
-            "tie_word_embeddings": shape["tie_word_embeddings"],
-            "build_seconds": build_s,
-        },
+        "tokens": tokens,
+        "token_slots": inputs.input_ids.numel(),
+        "padding_share": 1 - tokens / inputs.input_ids.numel(),
         "memory": memory.phases,
         "seconds": {"per_phase_median": timed, "all": seconds, "repeats": repeats},
         "grad_norm": grad_norm,
         "throughput": {
-            "tokens_per_micro_batch": tokens,
             "forward_backward_tokens_per_s": tokens / timed["forward_backward"],
             "logprob_tokens_per_s": tokens / timed["logprob"],
             "learner_tokens_per_s_per_rank": tokens / per_micro,
             "mfu_forward_backward": flops_fb / timed["forward_backward"] / (PEAK_TFLOPS * 1e12),
             "mfu_logprob": flops_fb / 3 / timed["logprob"] / (PEAK_TFLOPS * 1e12),
-            "assumptions": (
-                f"FLOPs = 6 * N * tokens for forward+backward and 2 * N * tokens for a log-prob pass, "
-                f"N = all {n_params:,} parameters, tokens = micro_batch * (prompt + response) language-model "
-                f"tokens (image tokens included; the vision tower's patches, attention's T^2 term and "
-                f"gradient checkpointing's recomputed forward are not counted, so the real work is higher); "
-                f"peak {PEAK_TFLOPS:.0f} TFLOP/s (H100/H200 dense bf16). Learner tokens/s per rank = tokens / "
-                f"({1 + kl} log-prob pass(es){' (old + reference)' if kl else ''} + forward+backward + "
-                f"1/{work.micro_per_mini} optimizer step)."
-            ),
         },
-        "_counts": (n_params, n_trainable, kl),
     }
 
 
 def project(learner: dict, ranks: tuple[int, ...], gpu_gb: float) -> dict:
     """Per-rank peak under FSDP sharding over ``ranks`` GPUs, from the one-rank measurement."""
-    n_params, n_trainable, kl = learner.pop("_counts")
-    phases = learner["memory"]
-    if phases["forward_backward"]["peak_allocated_gb"] is None:
+    n_params, n_trainable, kl, ref_bytes = learner.pop("_counts")
+    runs = learner["layouts"].values()
+    if any(run["memory"]["forward_backward"]["peak_allocated_gb"] is None for run in runs):
         return {"per_rank_gb": None, "assumptions": "no CUDA memory figures (CPU run)"}
+    # The padded rows hold as many token slots as learner.max_tokens_per_micro_batch lets a packed
+    # micro-batch hold: the larger of the two peaks bounds either layout.
+    phases = {
+        name: {"peak_allocated_gb": max(run["memory"][name]["peak_allocated_gb"] for run in runs)}
+        for name in ("logprob", "forward_backward", "optimizer_step")
+    }
     # Sharded state: float32 master params (4 B), gradients (4 B) and AdamW's two moments (8 B)
-    # of the trainable ones; the reference model's float32 params when kl_coef > 0.
-    sharded = (4 * n_params + 12 * n_trainable + (4 * n_params if kl else 0)) / GB
+    # of the trainable ones; the reference model's params in the compute dtype when kl_coef > 0.
+    sharded = (4 * n_params + 12 * n_trainable + (ref_bytes * n_params if kl else 0)) / GB
     measured_state = (4 * n_params + 12 * n_trainable) / GB  # the one rank held all of it (no ref)
     out: dict[str, Any] = {}
     for n in ranks:
@@ -401,7 +448,8 @@ def project(learner: dict, ranks: tuple[int, ...], gpu_gb: float) -> dict:
         "sharded_state_gb_total": sharded,
         "assumptions": (
             "per-rank peak = (fp32 params 4 B + grads 4 B + AdamW moments 8 B per trainable parameter, "
-            "+ the reference model's fp32 params 4 B when kl_coef > 0) / ranks + the one-rank transient "
+            f"+ the reference model's params in the compute dtype, {ref_bytes} B, when kl_coef > 0) / ranks + "
+            "the one-rank transient (the larger of the packed and padded layouts') "
             "(measured peak - that rank's full fp32 state: activations, logits, the bf16 copy of the "
             "gathered block, AdamW's temporaries), unsharded. Not counted: FSDP2's prefetch of the next "
             "block (one more bf16 block, ~0.2 GB at 3B), NCCL buffers and the CUDA context (~1-2 GB), "
@@ -510,28 +558,36 @@ def fmt(value: Any, digits: int = 2) -> str:
 
 def markdown(report: dict) -> str:
     env, work, learner = report["environment"], report["workload"], report["learner"]
+    model = learner["model"]
     lines = [
         f"# GPU check ({'dry run, CPU' if report['dry_run'] else env['device']})",
         "",
         f"torch {env['torch']}, transformers {env['transformers']}, CUDA {env['cuda']}, verl: {env['verl']}.",
-        f"Model: {report['shape']} shape, {learner['model']['parameters']:,} parameters "
-        f"({learner['model']['vision_parameters']:,} vision), {learner['model']['master_dtype']} master, "
-        f"{learner['model']['compute_dtype']} compute, {learner['model']['attn_implementation']}, gradient "
-        f"checkpointing {learner['model']['gradient_checkpointing']}.",
-        f"Micro-batch: {work['micro_batch']} samples x ({work['prompt']} prompt + {work['response']} response) "
-        f"tokens, one {work['grid']}x{work['grid']}-patch image each ({(work['grid'] // 2) ** 2} image tokens).",
-        "",
-        "## Learner memory and time (1 rank)",
-        "",
-        "| phase | before GB | peak allocated GB | peak reserved GB | seconds (median) |",
-        "|---|---|---|---|---|",
+        f"Model: {report['shape']} shape, {model['parameters']:,} parameters "
+        f"({model['vision_parameters']:,} vision), {model['master_dtype']} master, "
+        f"{model['compute_dtype']} compute, {model['attn_implementation']}, gradient "
+        f"checkpointing {model['gradient_checkpointing']}, log-probs in chunks of {model['logprob_chunk_tokens']} "
+        f"tokens.",
+        f"Micro-batch: {work['micro_batch']} samples x ({work['prompt']} prompt + {work['response_lengths']} "
+        f"response) tokens, one {work['grid']}x{work['grid']}-patch image each ({(work['grid'] // 2) ** 2} image "
+        f"tokens); configured layout: {learner['configured_layout']}.",
     ]
-    secs = learner["seconds"]["per_phase_median"]
-    for name, row in learner["memory"].items():
-        lines.append(
-            f"| {name} | {fmt(row['before_gb'])} | {fmt(row['peak_allocated_gb'])} | "
-            f"{fmt(row['peak_reserved_gb'])} | {fmt(secs.get(name), 3)} |"
-        )
+    for name, run in learner["layouts"].items():
+        secs = run["seconds"]["per_phase_median"]
+        lines += [
+            "",
+            f"## Learner memory and time, {name} (1 rank)",
+            "",
+            f"{run['tokens']:,} tokens in {run['token_slots']:,} slots (padding {100 * run['padding_share']:.1f} %).",
+            "",
+            "| phase | before GB | peak allocated GB | peak reserved GB | seconds (median) |",
+            "|---|---|---|---|---|",
+        ]
+        for phase, row in run["memory"].items():
+            lines.append(
+                f"| {phase} | {fmt(row['before_gb'])} | {fmt(row['peak_allocated_gb'])} | "
+                f"{fmt(row['peak_reserved_gb'])} | {fmt(secs.get(phase), 3)} |"
+            )
     proj = report["projection"]
     lines += ["", "## Projection to more ranks", ""]
     if proj["per_rank_gb"] is None:
@@ -547,17 +603,23 @@ def markdown(report: dict) -> str:
                 f"{'yes' if row['fits'] else 'NO'} |"
             )
         lines += ["", f"Assumptions: {proj['assumptions']}"]
-    tp = learner["throughput"]
     lines += [
         "",
-        "## Throughput",
+        "## Throughput (real tokens)",
         "",
-        f"- forward+backward: {fmt(tp['forward_backward_tokens_per_s'], 0)} tokens/s, "
-        f"MFU {fmt(100 * tp['mfu_forward_backward'], 1)} %",
-        f"- log-prob pass: {fmt(tp['logprob_tokens_per_s'], 0)} tokens/s, MFU {fmt(100 * tp['mfu_logprob'], 1)} %",
-        f"- learner, per rank: {fmt(tp['learner_tokens_per_s_per_rank'], 0)} tokens/s",
+        "| layout | forward+backward tokens/s | MFU | log-prob tokens/s | MFU | learner tokens/s per rank |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, run in learner["layouts"].items():
+        tp = run["throughput"]
+        lines.append(
+            f"| {name} | {fmt(tp['forward_backward_tokens_per_s'], 0)} | {fmt(100 * tp['mfu_forward_backward'], 1)} % "
+            f"| {fmt(tp['logprob_tokens_per_s'], 0)} | {fmt(100 * tp['mfu_logprob'], 1)} % "
+            f"| {fmt(tp['learner_tokens_per_s_per_rank'], 0)} |"
+        )
+    lines += [
         "",
-        f"Assumptions: {tp['assumptions']}",
+        f"Assumptions: {learner['throughput_assumptions']}",
         "",
         f"## Merge maths on {report['merge']['device']} (K = {report['merge']['k']})",
         "",
@@ -624,7 +686,7 @@ def main(argv: list[str] | None = None) -> None:
         "dry_run": args.dry_run,
         "shape": "tiny" if args.dry_run else "Qwen2.5-VL-3B",
         "environment": environment(device),
-        "workload": {**vars(work), "config": args.config},
+        "workload": {**vars(work), "response_lengths": response_lengths(work), "config": args.config},
         "learner": learner,
         "projection": projection,
         # Dry run: 3 Adam steps (the code path, not the figure).

@@ -75,3 +75,39 @@ def write_red_dataset(directory: Path, rows: list[dict | str], name: str = "trai
     path = directory / name
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
     return path
+
+
+def learner_prompts(processor: object) -> list:
+    """Four prompts (`Prompt`): three with one image each, all of different sizes (56x56, 84x56,
+    112x56), and one text-only."""
+    from PIL import Image
+
+    from tiny_r1v.protocol import Prompt
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    prompts = []
+    for i, colour in enumerate(colours):
+        content = [{"type": "image"}, {"type": "text", "text": f"What colour is shape {i}?"}]
+        if i == 3:  # one text-only prompt in the batch
+            content = content[1:]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        images = (Image.new("RGB", (56 + 28 * i, 56), colour),) if i != 3 else ()
+        prompts.append(Prompt(uid=f"p{i}", text=text, images=images))
+    return prompts
+
+
+def learner_samples(processor: object, n: int = 2) -> list:
+    """``n`` `TrainSample`s per prompt of `learner_prompts`: random responses of 3-11 tokens
+    (seed 0), advantage +1 for the first of each group and -1 for the others."""
+    import torch
+
+    from tiny_r1v.protocol import TrainSample
+
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    for prompt in learner_prompts(processor):
+        for j in range(n):
+            length = int(torch.randint(3, 12, (1,), generator=generator))
+            ids = torch.randint(20, 400, (length,), generator=generator).tolist()
+            samples.append(TrainSample(prompt=prompt, response_ids=tuple(ids), advantage=1.0 if j == 0 else -1.0))
+    return samples

@@ -32,6 +32,7 @@ import torch
 from transformers import AutoProcessor, ProcessorMixin, Qwen2_5_VLForConditionalGeneration
 from verl.utils.torch_functional import masked_mean
 
+from tiny_r1v.config.train import LearnerConfig
 from tiny_r1v.data import Example, load_examples, render_prompt
 from tiny_r1v.learner.inputs import EncodedPrompt, collate, encode_prompt
 from tiny_r1v.learner.policy import PolicyModel
@@ -191,7 +192,7 @@ def _train(
     config = model.config
     image_token_id, merge_size = config.image_token_id, config.vision_config.spatial_merge_size
     end_of_turn = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    policy = PolicyModel(model).train()
+    policy = PolicyModel(model, LearnerConfig.logprob_chunk_tokens).train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     # Warm-up keeps the first Adam steps of a random model from overshooting; the cosine tail
     # lets the last steps settle instead of leaving the weights mid-oscillation.

@@ -27,12 +27,19 @@ def test_dry_run_writes_every_section(tmp_path):
         assert section in report, section
     assert report["dry_run"] and report["environment"]["verl"].startswith("shim")
     learner = report["learner"]
-    assert set(learner["memory"]) >= {"logprob", "forward_backward", "optimizer_step"}
-    # On CPU there are no allocator statistics: null, never a made-up figure.
-    assert all(row["peak_allocated_gb"] is None for row in learner["memory"].values())
+    assert learner["configured_layout"] == "packed"  # configs/math.yaml: learner.padding_free
+    assert set(learner["layouts"]) == {"packed", "padded"}
+    for run in learner["layouts"].values():
+        assert set(run["memory"]) >= {"logprob", "forward_backward", "optimizer_step"}
+        # On CPU there are no allocator statistics: null, never a made-up figure.
+        assert all(row["peak_allocated_gb"] is None for row in run["memory"].values())
+        assert all(seconds > 0 for seconds in run["seconds"]["per_phase_median"].values())
+        assert run["throughput"]["forward_backward_tokens_per_s"] > 0
+    packed, padded = learner["layouts"]["packed"], learner["layouts"]["padded"]
+    # The same samples: as many real tokens, padding only in the padded rows.
+    assert packed["tokens"] == padded["tokens"] == packed["token_slots"] < padded["token_slots"]
+    assert packed["padding_share"] == 0 < padded["padding_share"]
     assert report["projection"]["per_rank_gb"] is None
-    assert all(seconds > 0 for seconds in learner["seconds"]["per_phase_median"].values())
-    assert learner["throughput"]["forward_backward_tokens_per_s"] > 0
     merge = report["merge"]
     assert merge["per_shape"] and all(v >= 0 for v in merge["projected_whole_merge"].values())
     assert report["merge_agreement"]["max_abs_diff"] is None

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from tiny_r1v.learner.inputs import collate, encode_prompt
+from tiny_r1v.learner.inputs import collate, encode_prompt, pack
 from tiny_r1v.learner.policy import PolicyModel
 from tiny_r1v.learner.worker import logprob_gap
 from tiny_r1v.protocol import Prompt, TrainSample
@@ -108,10 +108,11 @@ def test_weight_reload_takes_effect_and_advances_version(engine, prompts, tiny_m
 
 
 def test_learner_recomputes_rollout_logprobs(engine, prompts, tiny_model_dir, tiny_config):
-    """The learner's inputs (processor, image tokens, 3-D rotary positions) reproduce vLLM's
-    view of every sequence: same float32 weights, same log-probs."""
+    """The learner's inputs (processor, image tokens, 3-D rotary positions), padded and packed,
+    reproduce vLLM's view of every sequence: same float32 weights, same log-probs."""
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    policy = PolicyModel(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir).eval())
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
+    policy = PolicyModel(model, tiny_config.learner.logprob_chunk_tokens)
     config = policy.model.config
     completions = engine.generate(prompts, seed=0)
     by_uid = {p.uid: p for p in prompts}
@@ -122,18 +123,21 @@ def test_learner_recomputes_rollout_logprobs(engine, prompts, tiny_model_dir, ti
         assert len(encoded.input_ids) == c.prompt_tokens  # vLLM expanded the image the same way
         sample = TrainSample(prompt=prompt, response_ids=c.token_ids, advantage=0.0, rollout_logprobs=c.logprobs)
         pairs.append((encoded, sample))
-    batch = collate(pairs, pad_token_id=processor.tokenizer.pad_token_id)
-    with torch.no_grad():
-        logprobs, _ = policy(batch, tiny_config.rollout.temperature)
-    gaps = []
-    for row, c in enumerate(completions):
-        torch.testing.assert_close(logprobs[row, : len(c.logprobs)], torch.tensor(c.logprobs), atol=2e-3, rtol=0)
-        gaps += (logprobs[row, : len(c.logprobs)] - torch.tensor(c.logprobs)).abs().tolist()
-    # The learner's metric of the same gap: over every response token, padding left out.
-    metric = logprob_gap([batch], [logprobs])
-    assert metric["rollout/logprob_diff_max"] == pytest.approx(max(gaps), abs=1e-7)
-    assert metric["rollout/logprob_diff_mean"] == pytest.approx(sum(gaps) / len(gaps), abs=1e-7)
-    assert metric["rollout/logprob_diff_max"] < 2e-3
+    for batch in (
+        collate(pairs, pad_token_id=processor.tokenizer.pad_token_id),
+        pack(pairs, model.model.get_rope_index),
+    ):
+        with torch.no_grad():
+            logprobs, _ = policy(batch, tiny_config.rollout.temperature)
+        gaps = []
+        for row, c in enumerate(completions):
+            torch.testing.assert_close(logprobs[row, : len(c.logprobs)], torch.tensor(c.logprobs), atol=2e-3, rtol=0)
+            gaps += (logprobs[row, : len(c.logprobs)] - torch.tensor(c.logprobs)).abs().tolist()
+        # The learner's metric of the same gap: over every response token, padding left out.
+        metric = logprob_gap([batch], [logprobs])
+        assert metric["rollout/logprob_diff_max"] == pytest.approx(max(gaps), abs=1e-7)
+        assert metric["rollout/logprob_diff_mean"] == pytest.approx(sum(gaps) / len(gaps), abs=1e-7)
+        assert metric["rollout/logprob_diff_max"] < 2e-3
 
 
 @pytest.mark.vllm

@@ -350,7 +350,21 @@ class LearnerConfig:
     global_batch_size: int = 128
     """Prompts per optimizer step; each brings rollout.n samples."""
     micro_batch_size: int = 4
-    """Samples per rank per forward/backward pass (gradient accumulation unit)."""
+    """Samples per rank per forward/backward pass (gradient accumulation unit), unless
+    max_tokens_per_micro_batch is set."""
+    max_tokens_per_micro_batch: int | None = None
+    """Token budget of a micro-batch (verl's dynamic batch size): each rank's share of a
+    mini-batch is cut into as few micro-batches as hold at most this many tokens each (prompt +
+    response, image tokens included; samples x longest when padded), as many on every rank;
+    micro_batch_size is then unused. A sample longer than the budget is an error. None: cut
+    by micro_batch_size."""
+    padding_free: bool = True
+    """Pack each micro-batch's samples into one row without padding (verl's use_remove_padding):
+    every sample keeps its own positions and attention stays within it (flash-attention varlen
+    on GPU; on sdpa/eager a block-diagonal mask of tokens x tokens). False: right-padded rows."""
+    logprob_chunk_tokens: int = 1024
+    """Response tokens whose full-vocabulary logits exist at once when computing log-probs and
+    entropy (each chunk is recomputed in the backward pass rather than kept)."""
     ppo_epochs: int = 1
     """Passes over each rollout batch."""
 
@@ -363,6 +377,9 @@ class LearnerConfig:
         _positive("max_grad_norm", self.max_grad_norm)
         _positive("global_batch_size", self.global_batch_size)
         _positive("micro_batch_size", self.micro_batch_size)
+        if self.max_tokens_per_micro_batch is not None:
+            _positive("max_tokens_per_micro_batch", self.max_tokens_per_micro_batch)
+        _positive("logprob_chunk_tokens", self.logprob_chunk_tokens)
         _positive("ppo_epochs", self.ppo_epochs)
 
 
@@ -463,12 +480,13 @@ class TrainConfig:
             f"got {self.trainer.rollout_batch_size}",
         )
         samples = self.samples_per_update()
-        per_pass = learner.num_workers * learner.micro_batch_size
+        # A token budget cuts each rank's share however it needs; fixed cuts must divide it.
+        per_pass = learner.num_workers * (learner.micro_batch_size if learner.max_tokens_per_micro_batch is None else 1)
+        cut = "num_workers * micro_batch_size" if learner.max_tokens_per_micro_batch is None else "num_workers"
         require(
             samples % per_pass == 0,
             "learner.global_batch_size",
-            f"samples per step (global_batch_size * rollout.n = {samples}) must be a multiple of "
-            f"num_workers * micro_batch_size ({per_pass})",
+            f"samples per step (global_batch_size * rollout.n = {samples}) must be a multiple of {cut} ({per_pass})",
         )
         require(
             not (self.model.attn_implementation == "flash_attention_2" and self.trainer.device == "cpu"),

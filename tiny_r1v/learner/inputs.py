@@ -1,12 +1,13 @@
-"""Model inputs for Qwen2.5-VL: prompts through the HF processor, responses appended, padded.
+"""Model inputs for Qwen2.5-VL: prompts through the HF processor, responses appended, then
+either right-padded into rows (``collate``) or packed into one row without padding (``pack``).
 
 Pure CPU tensor code (no distributed state), so it is tested directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 
 import torch
 from transformers import ProcessorMixin
@@ -30,21 +31,27 @@ class EncodedPrompt:
 
 @dataclass(frozen=True)
 class PolicyInputs:
-    """A right-padded micro-batch of ``b`` samples; ``T`` = longest prompt + response,
-    ``R`` = longest response."""
+    """A micro-batch of ``b`` samples laid out in ``rows`` rows of ``T`` tokens: right-padded
+    (``collate``: ``rows = b``, ``T`` = longest prompt + response) or packed (``pack``:
+    ``rows = 1``, ``T`` = all tokens, no padding). ``R`` = longest response."""
 
     input_ids: torch.Tensor
-    """``(b, T)`` prompt then response ids, padded."""
-    attention_mask: torch.Tensor
-    """``(b, T)`` 1 on real tokens."""
+    """``(rows, T)`` prompt then response ids of each sample."""
+    attention_mask: torch.Tensor | None
+    """``(rows, T)`` 1 on real tokens; None when packed (``position_ids`` mark the samples)."""
+    position_ids: torch.Tensor | None
+    """Packed only: ``(4, 1, T)`` each sample's positions from 0: row 0 the text positions
+    (whose restarts tell attention where a sample ends), rows 1-3 Qwen2.5-VL's 3-D rotary
+    (temporal, height, width) positions. None when padded (the model derives them from the mask)."""
     mm_token_type_ids: torch.Tensor
-    """``(b, T)``."""
+    """``(rows, T)``."""
     pixel_values: torch.Tensor | None
     """Patches of every image of the micro-batch, in sample order."""
     image_grid_thw: torch.Tensor | None
     """``(images, 3)``."""
     logit_positions: torch.Tensor
-    """``(b, R)`` position in ``T`` whose logits predict response token ``j`` (prompt end + j - 1)."""
+    """``(b, R)`` index into the ``rows * T`` flattened positions of the one whose logits predict
+    response token ``j`` (the token before it)."""
     response_ids: torch.Tensor
     """``(b, R)`` response ids, padded."""
     response_mask: torch.Tensor
@@ -54,6 +61,10 @@ class PolicyInputs:
     rollout_logprobs: torch.Tensor | None = None
     """``(b, R)`` the rollout engine's log-prob of each response token (0 on padding); None
     unless every sample was sampled by an engine."""
+
+    def real_tokens(self) -> int:
+        """Prompt and response tokens of all samples (what a packed micro-batch holds)."""
+        return self.input_ids.numel() if self.attention_mask is None else int(self.attention_mask.sum())
 
     def to(self, device: torch.device | str) -> PolicyInputs:
         """The same micro-batch on ``device``."""
@@ -116,7 +127,7 @@ def collate(samples: Sequence[tuple[EncodedPrompt, TrainSample]], pad_token_id: 
         mm_types[row, :p] = prompt.mm_token_type_ids
         response_ids[row, :r] = response
         response_mask[row, :r] = 1.0
-        logit_positions[row, :r] = torch.arange(p - 1, p + r - 1)
+        logit_positions[row, :r] = torch.arange(row * total + p - 1, row * total + p + r - 1)
     sampled = all(s.rollout_logprobs for _, s in samples)
     rollout_logprobs = torch.zeros((b, width)) if sampled else None
     for row, (_, sample) in enumerate(samples):
@@ -132,6 +143,7 @@ def collate(samples: Sequence[tuple[EncodedPrompt, TrainSample]], pad_token_id: 
     return PolicyInputs(
         input_ids=input_ids,
         attention_mask=attention_mask,
+        position_ids=None,
         mm_token_type_ids=mm_types,
         pixel_values=torch.cat(pixels) if pixels else None,
         image_grid_thw=torch.cat(grids) if grids else None,
@@ -141,3 +153,79 @@ def collate(samples: Sequence[tuple[EncodedPrompt, TrainSample]], pad_token_id: 
         advantages=torch.tensor([s.advantage for _, s in samples], dtype=torch.float32),
         rollout_logprobs=rollout_logprobs,
     )
+
+
+RopeIndex = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+"""``Qwen2_5_VLModel.get_rope_index``: ``(input_ids, mm_token_type_ids, image_grid_thw,
+attention_mask=...)`` -> ``((3, b, T) positions, deltas)``."""
+
+
+def pack(samples: Sequence[tuple[EncodedPrompt, TrainSample]], rope_index: RopeIndex) -> PolicyInputs:
+    """The samples of ``collate`` concatenated into one row without padding.
+
+    Every sample keeps the positions it has alone: the model's own ``rope_index`` runs per
+    sample (on the padded rows, whose padding it skips), and the text positions restart at 0
+    at each sample, which is how transformers' packed attention (flash-attention varlen, or a
+    block-diagonal mask for sdpa/eager) keeps a sample from attending to the one before it.
+    """
+    padded = collate(samples, pad_token_id=0)
+    real = padded.attention_mask.bool()
+    rope, _ = rope_index(
+        padded.input_ids, padded.mm_token_type_ids, padded.image_grid_thw, attention_mask=padded.attention_mask
+    )
+    text = padded.attention_mask.cumsum(-1) - 1
+    positions = torch.cat([text.unsqueeze(0), rope.to(text.dtype)])[:, real].unsqueeze(1)
+    # Where each padded position lands in the packed row (padding lands nowhere).
+    packed_index = torch.full((real.numel(),), -1, dtype=torch.long)
+    packed_index[real.flatten()] = torch.arange(int(real.sum()))
+    return replace(
+        padded,
+        input_ids=padded.input_ids[real].unsqueeze(0),
+        attention_mask=None,
+        position_ids=positions,
+        mm_token_type_ids=padded.mm_token_type_ids[real].unsqueeze(0),
+        logit_positions=packed_index[padded.logit_positions],
+    )
+
+
+def cut_by_tokens(
+    pairs: Sequence[tuple[EncodedPrompt, TrainSample]], budget: int, padded: bool, at_least: int = 1
+) -> list[list[tuple[EncodedPrompt, TrainSample]]]:
+    """``pairs`` grouped into micro-batches of at most ``budget`` tokens each, and at least
+    ``at_least`` of them (every rank must run as many passes: each is collective under FSDP).
+
+    A micro-batch's tokens are what its tensors hold: the sum of the samples' prompt + response
+    lengths when packed, samples times the longest when ``padded``. First-fit decreasing, then
+    the most populous micro-batches are halved until there are ``at_least``; each keeps its
+    samples in their given order.
+
+    Raises:
+        ValueError: naming the sample (prompt uid and lengths) that alone exceeds ``budget``, or
+            when ``at_least`` is more than there are samples.
+    """
+    if at_least > len(pairs):
+        raise ValueError(f"cannot cut {len(pairs)} samples into {at_least} micro-batches")
+    lengths = [len(prompt.input_ids) + len(sample.response_ids) for prompt, sample in pairs]
+    for (prompt, sample), length in zip(pairs, lengths, strict=True):
+        if length > budget:
+            raise ValueError(
+                f"sample of prompt {sample.prompt.uid!r}: {len(prompt.input_ids)} prompt + "
+                f"{len(sample.response_ids)} response tokens exceed learner.max_tokens_per_micro_batch "
+                f"({budget})"
+            )
+
+    def tokens(group: list[int]) -> int:
+        return len(group) * max(lengths[i] for i in group) if padded else sum(lengths[i] for i in group)
+
+    groups: list[list[int]] = []
+    for i in sorted(range(len(pairs)), key=lambda i: -lengths[i]):
+        home = next((g for g in groups if tokens([*g, i]) <= budget), None)
+        if home is None:
+            groups.append([i])
+        else:
+            home.append(i)
+    while len(groups) < at_least:
+        largest = max(groups, key=len)
+        groups.remove(largest)
+        groups += [largest[: len(largest) // 2], largest[len(largest) // 2 :]]
+    return [[pairs[i] for i in sorted(group)] for group in groups]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.utils.checkpoint import checkpoint
 from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 
 from tiny_r1v.learner.inputs import PolicyInputs
@@ -13,32 +14,41 @@ from tiny_r1v.learner.inputs import PolicyInputs
 class PolicyModel(nn.Module):
     """Wraps ``Qwen2_5_VLForConditionalGeneration`` so one ``forward`` yields what the loss needs.
 
-    The language-model head runs only at the response positions: ``(b, T, vocab)`` logits over
-    whole prompts (hundreds of image tokens) would dominate memory at Qwen's 151k vocabulary.
-    Being one module also lets FSDP2 shard it as the root, so its hooks gather the embedding
-    and head weights around this forward.
+    The language-model head runs only at the response tokens, ``chunk_tokens`` of them at a
+    time: ``(tokens, vocab)`` float32 logits at Qwen's 151k vocabulary would dominate memory.
+    Under autograd each chunk is checkpointed, so the backward pass recomputes one chunk's
+    logits at a time instead of keeping all of them. Being one module also lets FSDP2 shard it
+    as the root, so its hooks gather the embedding and head weights around this forward.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, chunk_tokens: int) -> None:
         super().__init__()
+        if chunk_tokens <= 0:
+            raise ValueError(f"chunk_tokens must be > 0, got {chunk_tokens}")
         self.model = model
+        self.chunk_tokens = chunk_tokens
 
     def forward(self, inputs: PolicyInputs, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(logprobs, entropy)``, each ``(b, R)`` float32, at sampling ``temperature``;
-        ``entropy`` carries no gradient."""
+        """Returns ``(logprobs, entropy)``, each ``(b, R)`` in float32 or the model's dtype if wider
+        (0 on response padding), at
+        sampling ``temperature``; ``entropy`` carries no gradient."""
+        layout = {
+            "input_ids": inputs.input_ids,
+            "attention_mask": inputs.attention_mask,
+            "position_ids": inputs.position_ids,
+            "use_cache": False,
+        }
         if inputs.pixel_values is None:
-            return self._text_only(inputs, temperature)
+            return self._text_only(inputs, layout, temperature)
         hidden = self.model.model(
-            input_ids=inputs.input_ids,
-            attention_mask=inputs.attention_mask,
+            **layout,
             mm_token_type_ids=inputs.mm_token_type_ids,
             pixel_values=inputs.pixel_values,
             image_grid_thw=inputs.image_grid_thw,
-            use_cache=False,
         ).last_hidden_state
         return self._head(hidden, inputs, temperature)
 
-    def _text_only(self, inputs: PolicyInputs, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _text_only(self, inputs: PolicyInputs, layout: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """A micro-batch without images still runs the vision tower, on a blank image whose
         output is added times zero.
 
@@ -52,22 +62,38 @@ class PolicyModel(nn.Module):
         patch = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
         pixels = torch.zeros(side * side, patch, device=grid.device)
         blank = self.model.model.get_image_features(pixels, grid).pooler_output
-        hidden = self.model.model(
-            input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False
-        ).last_hidden_state
+        hidden = self.model.model(**layout).last_hidden_state
         hidden = hidden + 0.0 * torch.cat(blank).sum()
         return self._head(hidden, inputs, temperature)
 
     def _head(
         self, hidden: torch.Tensor, inputs: PolicyInputs, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        index = inputs.logit_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        logits = self.model.lm_head(hidden.gather(1, index)).float() / temperature
-        # Entropy is only logged: without a graph it frees its (b, R, vocab) softmax at once
-        # instead of holding it for the backward pass.
+        """``hidden``: ``(rows, T, H)``; the head sees only the ``n`` real response tokens."""
+        mask = inputs.response_mask.bool()
+        states = hidden.flatten(0, 1)[inputs.logit_positions[mask]]  # (n, H)
+        labels = inputs.response_ids[mask]  # (n,)
+        pieces = []
+        for start in range(0, len(labels), self.chunk_tokens):
+            piece = (states[start : start + self.chunk_tokens], labels[start : start + self.chunk_tokens], temperature)
+            if torch.is_grad_enabled():
+                pieces.append(checkpoint(self._chunk, *piece, use_reentrant=False))
+            else:
+                pieces.append(self._chunk(*piece))
+        logprobs, entropy = (torch.cat(parts) for parts in zip(*pieces, strict=True))
+        blank = torch.zeros(mask.shape, dtype=logprobs.dtype, device=mask.device)
+        return blank.masked_scatter(mask, logprobs), blank.masked_scatter(mask, entropy)
+
+    def _chunk(
+        self, states: torch.Tensor, labels: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-prob of ``labels`` and entropy at ``states`` ``(c, H)``: each ``(c,)``."""
+        logits = self.model.lm_head(states)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+        # Entropy is only logged: without a graph it keeps nothing for the backward pass.
         with torch.no_grad():
             entropy = entropy_from_logits(logits)
-        return logprobs_from_logits(logits, inputs.response_ids), entropy
+        return logprobs_from_logits(logits, labels), entropy
 
 
 def shard_policy(policy: PolicyModel, mixed_precision: MixedPrecisionPolicy) -> None:

@@ -30,7 +30,7 @@ from verl.workers.config import FSDPActorConfig
 
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.device import attention_kernel, compute_dtype, resolve_device
-from tiny_r1v.learner.inputs import EncodedPrompt, PolicyInputs, collate, encode_prompt
+from tiny_r1v.learner.inputs import EncodedPrompt, PolicyInputs, collate, cut_by_tokens, encode_prompt, pack
 from tiny_r1v.learner.policy import PolicyModel, shard_policy
 from tiny_r1v.protocol import TrainSample
 from tiny_r1v.timing import timed
@@ -64,6 +64,18 @@ def logprob_gap(micro_batches: Sequence[PolicyInputs], logprobs: Sequence[torch.
     return {
         "rollout/logprob_diff_mean": sum(float(gap.sum()) for gap, _ in gaps) / tokens,
         "rollout/logprob_diff_max": max(float(gap.max()) for gap, _ in gaps),
+    }
+
+
+def micro_batch_shape(micro_batches: Sequence[PolicyInputs], mini_batches: int) -> dict[str, float]:
+    """Micro-batches per optimizer step on this rank, real (prompt + response) tokens per
+    micro-batch, and the share of the tensors' token slots that is padding (0 when packed)."""
+    real = sum(mb.real_tokens() for mb in micro_batches)
+    slots = sum(mb.input_ids.numel() for mb in micro_batches)
+    return {
+        "micro_batches": len(micro_batches) / mini_batches,
+        "tokens_per_micro_batch": real / len(micro_batches),
+        "padding_share": 1 - real / slots,
     }
 
 
@@ -120,7 +132,8 @@ def save_weights(model: torch.nn.Module, directory: Path, weights: dict[str, tor
 
 
 class Learner:
-    """One rank of the FSDP2-sharded policy (and frozen reference when ``kl_coef > 0``)."""
+    """One rank of the FSDP2-sharded policy (and frozen reference when ``kl_coef > 0``, held in
+    the compute dtype: it is never updated, so it needs no float32 masters)."""
 
     def __init__(
         self,
@@ -179,7 +192,7 @@ class Learner:
     def _load_policy(self, path: str, trainable: bool) -> PolicyModel:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path,
-            dtype=torch.float32,
+            dtype=torch.float32 if trainable else self.mixed_precision.param_dtype,
             attn_implementation=attention_kernel(self.cfg.model.attn_implementation, self.device),
             trust_remote_code=self.cfg.model.trust_remote_code,
         )
@@ -189,7 +202,7 @@ class Learner:
             model.model.visual.requires_grad_(False)
         if trainable and self.cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        policy = PolicyModel(model)
+        policy = PolicyModel(model, self.cfg.learner.logprob_chunk_tokens)
         shard_policy(policy, self.mixed_precision)
         return policy.to(self.device)
 
@@ -206,8 +219,25 @@ class Learner:
             pairs.append((cache[uid], sample))
         return pairs
 
-    def _micro_batches(self, pairs: Sequence[tuple[EncodedPrompt, TrainSample]]) -> list[PolicyInputs]:
-        return [collate(chunk, self.pad_token_id) for chunk in _batches_of(pairs, self.cfg.learner.micro_batch_size)]
+    def _mini_batches(self, pairs: Sequence[tuple[EncodedPrompt, TrainSample]]) -> list[list[PolicyInputs]]:
+        """This rank's share of each mini-batch (``samples_per_update / world_size`` samples) cut
+        into micro-batches: by ``micro_batch_size``, or by ``max_tokens_per_micro_batch`` into as
+        many on every rank (the most any rank needs), since each pass is collective."""
+        lcfg = self.cfg.learner
+        per_rank = self.cfg.samples_per_update() // self.world_size
+        minis = [pairs[first : first + per_rank] for first in range(0, len(pairs), per_rank)]
+        budget = lcfg.max_tokens_per_micro_batch
+        if budget is None:
+            cuts = [list(_batches_of(mini, lcfg.micro_batch_size)) for mini in minis]
+        else:
+            padded = not lcfg.padding_free
+            needed = torch.tensor([len(cut_by_tokens(mini, budget, padded)) for mini in minis], device=self.device)
+            dist.all_reduce(needed, op=dist.ReduceOp.MAX)
+            cuts = [cut_by_tokens(mini, budget, padded, int(n)) for mini, n in zip(minis, needed, strict=True)]
+        if lcfg.padding_free:
+            rope_index = self.policy.model.model.get_rope_index
+            return [[pack(group, rope_index) for group in cut] for cut in cuts]
+        return [[collate(group, self.pad_token_id) for group in cut] for cut in cuts]
 
     @torch.no_grad()
     def _logprobs(self, module: PolicyModel, micro_batches: Sequence[PolicyInputs]) -> list[torch.Tensor]:
@@ -227,8 +257,8 @@ class Learner:
         lcfg = self.cfg.learner
         timings: dict[str, float] = {}
         with timed(timings, "encode"):
-            pairs = self._encode(samples)
-            micro_batches = self._micro_batches(pairs)
+            minis = self._mini_batches(self._encode(samples))
+            micro_batches = [mb for mini in minis for mb in mini]
 
         with timed(timings, "old_logprob"):
             self.policy.eval()
@@ -240,14 +270,14 @@ class Learner:
 
         with timed(timings, "update"):
             self.policy.train()
-            per_rank = self.cfg.samples_per_update() // self.world_size
-            micro_per_mini = per_rank // lcfg.micro_batch_size
             sums: dict[str, float] = defaultdict(float)
             steps = 0
             for _ in range(lcfg.ppo_epochs):
-                for first in range(0, len(micro_batches), micro_per_mini):
-                    indices = range(first, min(first + micro_per_mini, len(micro_batches)))
-                    self._set_global_batch([micro_batches[i] for i in indices])
+                first = 0
+                for mini in minis:
+                    indices = range(first, first + len(mini))
+                    first += len(mini)
+                    self._set_global_batch(mini)
                     for i in indices:
                         step_metrics = self._micro_step(micro_batches[i], old[i], None if ref is None else ref[i])
                         for key, value in step_metrics.items():
@@ -259,6 +289,7 @@ class Learner:
                     steps += 1
         metrics = {key: value / steps for key, value in sums.items()}
         metrics["optimizer_steps"] = float(steps)
+        metrics.update(micro_batch_shape(micro_batches, len(minis)))
         metrics.update(logprob_gap(micro_batches, old))
         metrics.update({f"time/{key}": value for key, value in timings.items()})
         return metrics

@@ -199,6 +199,8 @@ RULES = [
     ("learner.global_batch_size=0", "learner.global_batch_size: must be > 0, got 0"),
     ("learner.micro_batch_size=0", "learner.micro_batch_size: must be > 0, got 0"),
     ("learner.ppo_epochs=0", "learner.ppo_epochs: must be > 0, got 0"),
+    ("learner.max_tokens_per_micro_batch=0", "learner.max_tokens_per_micro_batch: must be > 0, got 0"),
+    ("learner.logprob_chunk_tokens=0", "learner.logprob_chunk_tokens: must be > 0, got 0"),
     # trainer
     ("trainer.rollout_batch_size=0", "trainer.rollout_batch_size: must be > 0, got 0"),
     ("trainer.total_steps=0", "trainer.total_steps: must be > 0, got 0"),
@@ -213,6 +215,11 @@ RULES = [
     ),
     ("learner.micro_batch_size=3", "learner.global_batch_size: samples per step"),
     (
+        "learner.max_tokens_per_micro_batch=8192 learner.num_workers=3",
+        "learner.global_batch_size: samples per step (global_batch_size * rollout.n = 640) must be a "
+        "multiple of num_workers (3)",
+    ),
+    (
         "model.attn_implementation=flash_attention_2 trainer.device=cpu",
         "model.attn_implementation: flash_attention_2 needs CUDA",
     ),
@@ -225,6 +232,12 @@ def test_rule_rejects(overrides, message):
         load(*overrides.split(" "))
     assert str(err.value).startswith(message)
     assert len(err.value.errors) == 1
+
+
+def test_a_token_budget_frees_the_samples_from_micro_batch_size():
+    # 640 samples per step are no multiple of micro_batch_size 3, but a token budget cuts them freely.
+    cfg = load("learner.micro_batch_size=3", "learner.max_tokens_per_micro_batch=8192")
+    assert cfg.learner.max_tokens_per_micro_batch == 8192
 
 
 TYPE_ERRORS = [

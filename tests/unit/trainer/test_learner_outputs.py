@@ -15,7 +15,7 @@ from tiny_r1v.protocol import Prompt, TrainSample
 
 
 def test_entropy_is_built_without_gradients(tiny_model_dir: Path) -> None:
-    policy = PolicyModel(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir))
+    policy = PolicyModel(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir), chunk_tokens=2)
     prompt = EncodedPrompt(torch.arange(3, 9), torch.zeros(6, dtype=torch.int32), None, None)
     inputs = collate([(prompt, TrainSample(Prompt("p", ""), (10, 11, 12), advantage=1.0))], pad_token_id=0)
     logprobs, entropy = policy(inputs)
