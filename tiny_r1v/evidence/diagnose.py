@@ -1,0 +1,123 @@
+"""Does a base read its digit images? Two measurements that locate the failure of check 3.
+
+    python -m tiny_r1v.evidence.diagnose --out outputs/evidence [--model warm-model]
+
+On the OCR rows of a base built with the ``cells`` layout (one glyph per vision token, so digit
+``k`` of the answer is image token ``k``):
+
+1. **probe**: a linear classifier (scikit-learn's logistic regression) fitted on the vision
+   tower's output token of each digit's cell for the train rows, scored on the validation rows:
+   how much of each digit the image tokens carry into the language model.
+2. **sensitivity**: the language model's distribution over the ten digits right after
+   ``<think> I read `` (where the warm start wrote the first digit) for each validation image:
+   the mean total-variation distance between the distributions of two images (0: the image is
+   ignored) and the share of images whose most likely digit is the true first digit.
+
+Writes ``diagnose-<model>.json`` into ``--out`` and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from tiny_r1v.data import Example, load_examples, render_prompt
+from tiny_r1v.evidence.base import BaseConfig
+from tiny_r1v.tasks import PromptFormat
+
+READ_PREFIX = "<think> I read "
+"""What the warm start writes before the first digit of a reading (`tiny_r1v.warmstart.build_target`)."""
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
+    """Half the L1 distance between two distributions over the same outcomes."""
+    return 0.5 * float((p - q).abs().sum())
+
+
+def mean_pairwise_tv(distributions: Sequence[torch.Tensor]) -> float:
+    """Mean total-variation distance over all pairs (at least two distributions)."""
+    pairs = list(itertools.combinations(distributions, 2))
+    if not pairs:
+        raise ValueError("need at least two distributions")
+    return sum(total_variation(p, q) for p, q in pairs) / len(pairs)
+
+
+@torch.no_grad()
+def cell_features(model, processor, examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, hidden)`` vision output token of each answer digit's cell and ``(N,)`` its digit."""
+    features, digits = [], []
+    for example in examples:
+        images = processor.image_processor(images=example.load_images(), return_tensors="pt")
+        tokens = torch.cat(
+            list(model.model.get_image_features(images["pixel_values"], images["image_grid_thw"]).pooler_output)
+        )
+        if len(example.answer) > len(tokens):
+            raise ValueError(
+                f"{example.uid}: {len(example.answer)} digits but {len(tokens)} image tokens (not the cells layout?)"
+            )
+        features.append(tokens[: len(example.answer)])
+        digits += [int(ch) for ch in example.answer]
+    return torch.cat(features), torch.tensor(digits)
+
+
+@torch.no_grad()
+def first_digit_distributions(
+    model, processor, examples: Sequence[Example], prompt_format: PromptFormat
+) -> list[torch.Tensor]:
+    """The model's ``(10,)`` distribution over the digits after `READ_PREFIX`, per example."""
+    tokenizer = processor.tokenizer
+    digit_ids = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
+    out = []
+    for example in examples:
+        prompt = render_prompt(processor, example, prompt_format, example.uid)
+        batch = processor(text=[prompt.text + READ_PREFIX], images=list(prompt.images), return_tensors="pt")
+        logits = model(**batch).logits[0, -1, digit_ids]
+        out.append(logits.float().softmax(-1))
+    return out
+
+
+def diagnose(base: Path, model_name: str, *, rows: int = 300, prompt_format: PromptFormat = "boxed") -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    model_dir = base / model_name
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    defaults = BaseConfig()  # the pixel bounds the base was built and checked with
+    bounds = {"min_pixels": defaults.min_pixels, "max_pixels": defaults.max_pixels}
+    train = load_examples([base / "data" / "ocr" / "train.jsonl"], **bounds)[:rows]
+    val = load_examples([base / "data" / "ocr" / "val.jsonl"], **bounds)
+    x_train, y_train = cell_features(model, processor, train)
+    x_val, y_val = cell_features(model, processor, val)
+    probe = LogisticRegression(max_iter=2000).fit(x_train.numpy(), y_train.numpy())
+    dists = first_digit_distributions(model, processor, val, prompt_format)
+    first = torch.tensor([int(e.answer[0]) for e in val])
+    return {
+        "model": str(model_dir),
+        "probe_train_digits": len(y_train),
+        "probe_val_digits": len(y_val),
+        "probe_val_accuracy": float(probe.score(x_val.numpy(), y_val.numpy())),
+        "first_digit_mean_pairwise_tv": mean_pairwise_tv(dists),
+        "first_digit_accuracy": float((torch.stack(dists).argmax(-1) == first).float().mean()),
+        "val_images": len(val),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tiny_r1v.evidence.diagnose", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/evidence"), help="the base directory")
+    parser.add_argument("--model", default="warm-model", help="model directory inside --out")
+    parser.add_argument("--rows", type=int, default=300, help="OCR train rows the probe is fitted on")
+    args = parser.parse_args(argv)
+    report = diagnose(args.out, args.model, rows=args.rows)
+    (args.out / f"diagnose-{args.model}.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
