@@ -72,6 +72,9 @@ def main() -> None:
             "time/step (s)": statistics.median(r["time/step"] for r in steps),
             "rollout idle share": statistics.median(r["idle/rollout_s"] / r["time/step"] for r in steps),
             "learner idle share": statistics.median(r["idle/learner_s"] / r["time/step"] for r in steps),
+            "rollout busy (s)": statistics.median(r["busy/rollout_s"] for r in steps),
+            "learner busy (s)": statistics.median(r["busy/learner_s"] for r in steps),
+            "response tokens": statistics.median(r["perf/response_tokens"] for r in steps),
             "staleness/mean": statistics.median(r["staleness/mean"] for r in steps),
         }
 
