@@ -95,7 +95,7 @@ def main() -> None:
     worker = ray.remote(RolloutWorker).remote(cfg)
 
     def actor() -> int:
-        return sum(len(c.token_ids) for c in ray.get(worker.generate.remote(prompts, seed, 0)))
+        return sum(len(c.token_ids) for c in ray.get(worker.generate.remote(prompts, seed, 0)).completions)
 
     results = interleaved({"bare vLLM": bare, "RolloutEngine": ours, "RolloutWorker (Ray actor)": actor}, args.repeats)
     ray.shutdown()

@@ -43,6 +43,16 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class Generation:
+    """A rollout worker's answer to one generate call."""
+
+    completions: list[Completion]
+    """``rollout.n`` completions per prompt (one when greedy), in prompt order."""
+    seconds: float
+    """How long the worker was busy with the call (time queued behind earlier calls left out)."""
+
+
+@dataclass(frozen=True)
 class TrainSample:
     """One response to train on, with its sequence-level advantage."""
 
@@ -54,3 +64,6 @@ class TrainSample:
     rollout_logprobs: tuple[float, ...] = ()
     """The rollout policy's log-probability of each response token, ``(L,)``; empty when the
     response was not sampled by a rollout engine (a supervised target)."""
+    weight_version: int = 0
+    """Version of the weights that sampled the response (`Completion.weight_version`); the
+    learners train on it at most ``trainer.max_staleness`` versions later."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import ANY
 
 import pytest
 import ray
@@ -20,6 +23,7 @@ from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.actors import RolloutWorker
 from tiny_r1v.trainer.checkpoint import ExistingRunError, run_dir
 from tiny_r1v.trainer.driver import Driver
+from tiny_r1v.trainer.sampler import step_indices
 
 pytestmark = pytest.mark.vllm
 
@@ -126,6 +130,71 @@ class Interrupted(Exception):
     """Stands for a crash of the driver between two steps."""
 
 
+AfterCall = Callable[[object, str, tuple, object], None]
+
+
+class _Recorded:
+    """An actor handle whose calls are written to a shared list as the driver submits them (the
+    real actor runs each one); `after(handle, method, args, ref)` runs after each submission."""
+
+    def __init__(self, handle, name: str, calls: list, after: AfterCall | None) -> None:
+        self.handle, self.name, self.calls, self.after = handle, name, calls, after
+
+    def __getattr__(self, method: str):
+        def remote(*args):
+            self.calls.append((self.name, method, _summary(method, args)))
+            ref = getattr(self.handle, method).remote(*args)
+            if self.after is not None:
+                self.after(self.handle, method, args, ref)
+            return ref
+
+        return SimpleNamespace(remote=remote)
+
+
+def _summary(method: str, args: tuple) -> tuple:
+    """What identifies a call's input (temporary paths and tensors left out)."""
+    if method == "generate":
+        prompts, seed, first_slot, *greedy = args
+        return (tuple(p.uid for p in prompts), seed, first_slot, *greedy)
+    if method == "load_weights":
+        return (args[1],)
+    if method == "train_step":
+        return tuple((s.prompt.uid, len(s.response_ids)) for s in args[0])
+    if method in ("score", "validation_metrics"):
+        return tuple(c.uid for c in args[0])
+    return ()
+
+
+def record_calls(trainer: Driver, after: AfterCall | None = None) -> tuple[list, Callable[[], None]]:
+    """Record every actor call of `trainer` from now on; returns the list and what undoes it."""
+    graph, calls = trainer.graph, []
+    originals = list(graph.rollouts), list(graph.learners), graph.scorer
+    graph.rollouts[:] = [_Recorded(h, f"rollout{i}", calls, after) for i, h in enumerate(originals[0])]
+    graph.learners[:] = [_Recorded(h, f"learner{i}", calls, after) for i, h in enumerate(originals[1])]
+    graph.scorer = _Recorded(originals[2], "scorer", calls, after)
+
+    def undo() -> None:
+        graph.rollouts[:], graph.learners[:], graph.scorer = originals
+
+    return calls, undo
+
+
+def strict_step_calls(step: int, batch: int, n: int, uids: list[str], version: int) -> list[tuple]:
+    """The calls of one strict step (one rollout worker, two learner ranks, a checkpoint)."""
+    prompts = tuple(f"{step}:{slot}:{uid}" for slot, uid in enumerate(uids))
+    completions = tuple(uid for uid in prompts for _ in range(n))
+    return [
+        ("rollout0", "generate", (prompts, 1, step * batch, False)),
+        ("scorer", "score", completions),
+        *[("learner" + str(rank), "train_step", ANY) for rank in range(2)],
+        ("learner0", "packed_weights", ()),
+        ("learner1", "packed_weights", ()),
+        ("rollout0", "load_weights", (version,)),
+        ("learner0", "save", ()),
+        ("learner1", "save", ()),
+    ]
+
+
 @pytest.fixture(scope="module")
 def interrupted_run(ray_local, tiny_model_dir, tmp_path_factory):
     """Two steps of a three-step run; the rollout worker is killed after step 1 (Ray restarts
@@ -133,9 +202,14 @@ def interrupted_run(ray_local, tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trainer")
     cfg = make_config(tiny_model_dir, write_dataset(tmp / "data"), tmp / "out")
     trainer = trainer_of(cfg)
+    calls, undo = record_calls(trainer)
+    first_step: list[tuple] = []
 
     def faults(trainer: Driver, step: int, metrics: dict) -> None:
         if step == 1:
+            # Up to here the calls are deterministic; the restart's retries are not.
+            first_step.extend(calls)
+            undo()
             ray.kill(trainer.graph.rollouts[0], no_restart=False)
         if step == 2:
             raise Interrupted
@@ -145,8 +219,9 @@ def interrupted_run(ray_local, tiny_model_dir, tmp_path_factory):
             trainer.run(on_step_end=faults)
         versions = ray.get([w.weight_version.remote() for w in trainer.graph.rollouts])
     finally:
+        undo()
         trainer.shutdown()
-    return cfg, trainer, versions
+    return cfg, trainer, versions, first_step
 
 
 def read_metrics(cfg: TrainConfig, validation: bool = False) -> list[dict]:
@@ -156,7 +231,7 @@ def read_metrics(cfg: TrainConfig, validation: bool = False) -> list[dict]:
 
 
 def test_iterations_log_every_metric_and_sync_weights(interrupted_run, tiny_model_dir):
-    cfg, trainer, versions = interrupted_run
+    cfg, trainer, versions, _ = interrupted_run
     assert trainer.step == 2 and versions == [2]
     rows = read_metrics(cfg)
     assert [row["step"] for row in rows] == [1, 2]
@@ -173,8 +248,21 @@ def test_iterations_log_every_metric_and_sync_weights(interrupted_run, tiny_mode
     assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
 
 
+def test_strict_order_makes_the_same_calls_in_the_same_order(interrupted_run):
+    """max_staleness 0: validation of the start weights, then rollout, scoring, learning, sync
+    and checkpoint, each waiting for the one before (the order before pipelining existed)."""
+    cfg, trainer, _, first_step = interrupted_run
+    uids = [trainer.examples[i].uid for i in step_indices(len(trainer.examples), 4, 0, cfg.data.seed)]
+    val_uids = tuple(f"val:{i}:{e.uid}" for i, e in enumerate(trainer.val_examples))
+    assert first_step == [
+        ("rollout0", "generate", (val_uids, 1, 0, True)),
+        ("scorer", "validation_metrics", val_uids),
+        *strict_step_calls(0, 4, cfg.rollout.n, uids, version=1),
+    ]
+
+
 def test_validation_runs_before_training_every_val_freq_steps_and_at_the_end(interrupted_run):
-    cfg, _, _ = interrupted_run
+    cfg, _, _, _ = interrupted_run
     rows = read_metrics(cfg, validation=True)
     assert [row["step"] for row in rows] == [0, 2]  # the interrupted run: start weights, step 2
     for row in rows:
@@ -186,7 +274,7 @@ def test_validation_runs_before_training_every_val_freq_steps_and_at_the_end(int
 
 
 def test_killed_rollout_worker_is_restarted_with_current_weights(interrupted_run):
-    cfg, _, versions = interrupted_run
+    cfg, _, versions, _ = interrupted_run
     rows = read_metrics(cfg)
     assert rows[0]["rollout/restarts"] == 0
     assert rows[1]["rollout/restarts"] >= 1  # step 2 found it restarted on the start weights
@@ -194,13 +282,13 @@ def test_killed_rollout_worker_is_restarted_with_current_weights(interrupted_run
 
 
 def test_a_new_run_does_not_write_over_an_earlier_runs_checkpoints(interrupted_run):
-    cfg, _, _ = interrupted_run
+    cfg, _, _, _ = interrupted_run
     with pytest.raises(ExistingRunError, match="pass --resume"):
         trainer_of(cfg)
 
 
 def test_resume_continues_without_repeating_or_losing_steps(interrupted_run):
-    cfg, _, _ = interrupted_run
+    cfg, _, _, _ = interrupted_run
     # The step-2 validation was cut short (it runs after step 2's checkpoint): the resumed run
     # runs it again first.
     path = run_dir(cfg) / "metrics.jsonl"
@@ -226,7 +314,7 @@ def test_resume_continues_without_repeating_or_losing_steps(interrupted_run):
 
 
 def test_checkpoint_loads_in_transformers_and_vllm(interrupted_run):
-    cfg, _, _ = interrupted_run
+    cfg, _, _, _ = interrupted_run
     final = run_dir(cfg) / "checkpoints" / "step-000002" / "model"
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -237,6 +325,120 @@ def test_checkpoint_loads_in_transformers_and_vllm(interrupted_run):
         add_generation_prompt=True,
     )
     worker = ray.remote(RolloutWorker).remote(replace(cfg, model=replace(cfg.model, path=str(final))))
-    completions = ray.get(worker.generate.remote([Prompt("x", text, (Image.new("RGB", (56, 56)),))], 0, 0))
+    completions = ray.get(worker.generate.remote([Prompt("x", text, (Image.new("RGB", (56, 56)),))], 0, 0)).completions
     assert len(completions) == cfg.rollout.n and all(c.token_ids for c in completions)
     ray.kill(worker)
+
+
+# ---------------------------------------------------------------------- pipelined rollouts
+
+
+@pytest.fixture(scope="module")
+def pipelined_run(ray_local, tiny_model_dir, tmp_path_factory):
+    """max_staleness 1 with truncated importance weights: three steps of a four-step run. The
+    rollout worker is killed in step 1's sync, once it has loaded version 1 and started step 3's
+    batch; the driver dies after step 3, with step 4's batch in flight; then the run is resumed
+    to its end."""
+    tmp = tmp_path_factory.mktemp("pipelined")
+    cfg = make_config(
+        tiny_model_dir,
+        write_dataset(tmp / "data"),
+        tmp / "out",
+        **{"trainer.max_staleness": 1, "algorithm.tis_cap": 2.0, "trainer.total_steps": 4},
+    )
+    trainer = trainer_of(cfg)
+    loads: list = []
+
+    def kill_during_overlap(handle, method: str, args: tuple, ref) -> None:
+        if method == "load_weights":
+            loads.append(ref)
+        if method == "generate" and args[2] == 8:  # step 3's batch, queued behind load 1
+            ray.get(loads[-1])
+            ray.kill(handle, no_restart=False)
+
+    calls, undo = record_calls(trainer, after=kill_during_overlap)
+    first_step: list[tuple] = []
+    in_flight: list[int] = []
+
+    def faults(trainer: Driver, step: int, metrics: dict) -> None:
+        if step == 1:
+            first_step.extend(calls)
+            undo()
+        if step == 3:
+            in_flight.extend(trainer._ahead)
+            raise Interrupted
+
+    try:
+        with pytest.raises(Interrupted):
+            trainer.run(on_step_end=faults)
+    finally:
+        undo()
+        trainer.shutdown()
+    interrupted = read_metrics(cfg)
+    resumed = trainer_of(cfg, resume=True)
+    try:
+        resumed_at = resumed.step
+        resumed.run()
+        versions = ray.get([w.weight_version.remote() for w in resumed.graph.rollouts])
+    finally:
+        resumed.shutdown()
+    return cfg, trainer, first_step, in_flight, interrupted, resumed_at, versions
+
+
+def test_pipelined_rollouts_are_requested_before_the_update_they_overlap(pipelined_run):
+    """The next step's rollout is requested before this step trains, and the one after right
+    after the weight load it must follow."""
+    cfg, trainer, first_step, _, _, _, _ = pipelined_run
+    val_uids = tuple(f"val:{i}:{e.uid}" for i, e in enumerate(trainer.val_examples))
+    prompts = [
+        tuple(f"{step}:{slot}:{trainer.examples[i].uid}" for slot, i in enumerate(step_indices(4, 4, step, 1)))
+        for step in range(3)
+    ]
+    n = cfg.rollout.n
+    assert first_step == [
+        ("rollout0", "generate", (val_uids, 1, 0, True)),
+        ("scorer", "validation_metrics", val_uids),
+        ("rollout0", "generate", (prompts[0], 1, 0, False)),
+        ("rollout0", "generate", (prompts[1], 1, 4, False)),
+        ("scorer", "score", tuple(uid for uid in prompts[0] for _ in range(n))),
+        ("learner0", "train_step", ANY),
+        ("learner1", "train_step", ANY),
+        ("learner0", "packed_weights", ()),
+        ("learner1", "packed_weights", ()),
+        ("rollout0", "load_weights", (1,)),
+        ("rollout0", "generate", (prompts[2], 1, 8, False)),
+        ("learner0", "save", ()),
+        ("learner1", "save", ()),
+    ]
+
+
+def test_pipelined_samples_are_at_most_max_staleness_versions_old(pipelined_run):
+    cfg, *_ = pipelined_run
+    rows = read_metrics(cfg)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert all(0 <= row["staleness/mean"] <= row["staleness/max"] <= 1 for row in rows)
+    # Step 2 trains on the batch sampled by the start weights while step 1 trained; step 3's was
+    # lost with the worker and sampled again by the current weights, step 4's after the resume.
+    assert [row["staleness/max"] for row in rows] == [0.0, 1.0, 0.0, 0.0]
+    assert rows[1]["staleness/mean"] == 1.0
+    for row in rows:
+        assert 0 < row["rollout/is_weight_mean"] <= row["rollout/is_weight_max"] <= 2.0
+        assert 0 <= row["rollout/is_clip_frac"] <= 1
+        assert row["busy/rollout_s"] > 0 and row["busy/learner_s"] > 0
+        assert row["idle/rollout_s"] >= 0 and row["idle/learner_s"] >= 0
+        assert row["busy/learner_s"] + row["idle/learner_s"] == pytest.approx(row["time/step"])
+    # One version behind: the learners' log-probs are no longer the engine's.
+    assert rows[1]["rollout/logprob_diff_mean"] > rows[0]["rollout/logprob_diff_mean"]
+
+
+def test_pipelined_run_replaces_a_killed_rollout_worker_and_resumes_without_losing_a_step(pipelined_run):
+    cfg, _, _, in_flight, interrupted, resumed_at, versions = pipelined_run
+    assert [row["step"] for row in interrupted] == [1, 2, 3]
+    assert interrupted[2]["rollout/restarts"] >= 1  # step 3's batch died with the worker
+    assert in_flight == [3]  # the driver died with step 4's batch requested
+    assert resumed_at == 3 and versions == [4]
+    rows = read_metrics(cfg)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert rows[:3] == interrupted  # nothing of the interrupted run was repeated
+    assert rows[3]["rollout/restarts"] == 0
+    assert [row["step"] for row in read_metrics(cfg, validation=True)] == [0, 2, 4]

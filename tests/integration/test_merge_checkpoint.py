@@ -223,7 +223,8 @@ def test_amm_merge_loads_and_generates_in_vllm(merged, tiny_config, ray_local):
     # In an actor: the session's vLLM engine holds vLLM's in-process state in this process.
     worker = ray.remote(RolloutWorker).remote(replace(tiny_config, model=replace(tiny_config.model, path=str(out))))
     try:
-        completions = ray.get(worker.generate.remote([Prompt("x", text, (Image.new("RGB", (56, 56)),))], 0, 0))
+        generation = ray.get(worker.generate.remote([Prompt("x", text, (Image.new("RGB", (56, 56)),))], 0, 0))
+        completions = generation.completions
     finally:
         ray.kill(worker)
     assert len(completions) == tiny_config.rollout.n and all(c.token_ids for c in completions)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tiny_r1v.trainer.weights import PackedWeights, WeightSync
+from tiny_r1v.trainer.weights import PackedWeights, WeightSync, sync_metrics
 
 
 def test_packed_weights_read_through_the_object_store_without_copies(ray_local):
@@ -44,7 +44,7 @@ def test_a_rollout_worker_lost_during_weight_sync_does_not_stop_the_run(ray_loca
     # The driver's sync alone, on stand-ins for the learner and rollout actors.
     rollouts = [Rollout.remote(True), Rollout.remote(False)]
     sync = WeightSync([Learner.remote()], rollouts)
-    assert sync.advance() == {"sync/bytes": 8.0, "sync/load_seconds": 0.5}
+    assert sync_metrics(sync.collect(sync.advance())) == {"sync/bytes": 8.0, "sync/load_seconds": 0.5}
     assert sync.version == 1 and ray.get(rollouts[1].weight_version.remote()) == 1
     # The next rollout finds the lost worker (restarted by Ray) behind and loads these weights.
     assert ray.get(sync.current()).tensors()["w"].tolist() == [1.0, 1.0]

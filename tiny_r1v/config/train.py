@@ -307,6 +307,12 @@ class AlgorithmConfig:
     loss_agg_mode: LossAggMode = "token-mean"
     """How token losses are averaged over the mini-batch (verl's `agg_loss` modes); dr_grpo needs
     seq-mean-token-sum-norm (each sequence's token sum divided by the response limit)."""
+    tis_cap: float | None = None
+    """Truncated importance sampling (verl's token-level rollout correction): each token's policy
+    loss is multiplied by min(exp(old log-prob - rollout log-prob), tis_cap), the learner's
+    probability of the sampled token before the update over the rollout engine's. It corrects
+    for rollouts sampled by older weights (trainer.max_staleness) and for the engine's precision;
+    >= 1; null: off."""
     lipo: LipoConfig = field(default_factory=LipoConfig)
     """LIPO's switches; used when adv_estimator is lipo."""
     dapo_overlong: DapoOverlongConfig = field(default_factory=DapoOverlongConfig)
@@ -324,6 +330,8 @@ class AlgorithmConfig:
         _at_least("kl_coef", self.kl_coef, 0)
         _within("clip_ratio_low", self.clip_ratio_low, 0, 1, "()")
         _positive("clip_ratio_high", self.clip_ratio_high)
+        if self.tis_cap is not None:
+            _at_least("tis_cap", self.tis_cap, 1)
         # Dr. GRPO's unbiased objective is both halves: no std division and a constant divisor.
         require(
             self.adv_estimator != "dr_grpo" or self.loss_agg_mode == "seq-mean-token-sum-norm",
@@ -398,6 +406,11 @@ class TrainerConfig:
     last only."""
     val_before_train: bool = False
     """Also validate the start weights before the first iteration (logged as step 0)."""
+    max_staleness: int = 0
+    """How many weight versions a rollout may lag the learners that train on it. 0: strict order
+    (rollout, scoring, update, weight sync, each waiting for the one before). k >= 1: the rollout
+    workers generate the next k batches while the learners train, each from weights at most k
+    versions older than the learners' when they train on it (see algorithm.tis_cap)."""
     output_dir: str = "outputs"
     """Root directory of checkpoints and logs."""
     experiment_name: str = "lipo"
@@ -420,6 +433,7 @@ class TrainerConfig:
         _at_least("save_freq", self.save_freq, 0)
         _positive("save_limit", self.save_limit)
         _at_least("val_freq", self.val_freq, 0)
+        _at_least("max_staleness", self.max_staleness, 0)
         _not_empty("output_dir", self.output_dir)
         _not_empty("experiment_name", self.experiment_name)
 

@@ -25,6 +25,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty
+from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_weights
 from verl.utils.torch_functional import masked_mean
 from verl.workers.config import FSDPActorConfig
 
@@ -76,6 +77,42 @@ def micro_batch_shape(micro_batches: Sequence[PolicyInputs], mini_batches: int) 
         "micro_batches": len(micro_batches) / mini_batches,
         "tokens_per_micro_batch": real / len(micro_batches),
         "padding_share": 1 - real / slots,
+    }
+
+
+def truncated_is_weights(
+    micro_batches: Sequence[PolicyInputs], old: Sequence[torch.Tensor], cap: float | None
+) -> tuple[list[torch.Tensor | None], dict[str, float]]:
+    """Truncated importance weights ``min(exp(old - rollout log-prob), cap)`` per response token
+    (verl's token-level rollout correction), ``(b, R)`` per micro-batch, 0 on padding: the
+    learner's probability of each sampled token before the update over the probability the
+    rollout engine sampled it with. None for a micro-batch without rollout log-probs, and for all
+    with ``cap`` None (off). Metrics over the response tokens: mean and max of the truncated
+    weights, and the share of tokens whose weight the cap cut."""
+    if cap is None:
+        return [None] * len(micro_batches), {}
+    weights, sums, tokens, largest = [], defaultdict(float), 0.0, 0.0
+    for mb, lp in zip(micro_batches, old, strict=True):
+        if mb.rollout_logprobs is None:
+            weights.append(None)
+            continue
+        mask = mb.response_mask
+        w, stats = compute_rollout_correction_weights(
+            lp.cpu() - mb.rollout_logprobs, mask, rollout_is="token", rollout_is_threshold=cap
+        )
+        weights.append(w)
+        # verl's figures are means over this micro-batch's tokens: weighted back into sums.
+        count = float(mask.sum())
+        tokens += count
+        sums["mean"] += stats["rollout_is_mean"] * count
+        sums["clipped"] += stats["rollout_is_ratio_fraction_high"] * count
+        largest = max(largest, stats["rollout_is_max"])
+    if not tokens:
+        return weights, {}
+    return weights, {
+        "rollout/is_weight_mean": sums["mean"] / tokens,
+        "rollout/is_weight_max": largest,
+        "rollout/is_clip_frac": sums["clipped"] / tokens,
     }
 
 
@@ -267,6 +304,7 @@ class Learner:
         if self.reference is not None:
             with timed(timings, "ref_logprob"):
                 ref = self._logprobs(self.reference, micro_batches)
+        is_weights, is_metrics = truncated_is_weights(micro_batches, old, self.cfg.algorithm.tis_cap)
 
         with timed(timings, "update"):
             self.policy.train()
@@ -279,7 +317,9 @@ class Learner:
                     first += len(mini)
                     self._set_global_batch(mini)
                     for i in indices:
-                        step_metrics = self._micro_step(micro_batches[i], old[i], None if ref is None else ref[i])
+                        step_metrics = self._micro_step(
+                            micro_batches[i], old[i], None if ref is None else ref[i], is_weights[i]
+                        )
                         for key, value in step_metrics.items():
                             # A micro-batch's loss is its share of the mini-batch's (normalised over the
                             # mini-batch on all ranks): summed. The other figures are micro-batch means.
@@ -291,6 +331,7 @@ class Learner:
         metrics["optimizer_steps"] = float(steps)
         metrics.update(micro_batch_shape(micro_batches, len(minis)))
         metrics.update(logprob_gap(micro_batches, old))
+        metrics.update(is_metrics)
         metrics.update({f"time/{key}": value for key, value in timings.items()})
         return metrics
 
@@ -312,7 +353,9 @@ class Learner:
             loss_scale_factor=self.cfg.rollout.max_response_length,
         )
 
-    def _micro_step(self, mb: PolicyInputs, old: torch.Tensor, ref: torch.Tensor | None) -> dict[str, float]:
+    def _micro_step(
+        self, mb: PolicyInputs, old: torch.Tensor, ref: torch.Tensor | None, is_weights: torch.Tensor | None
+    ) -> dict[str, float]:
         mb = mb.to(self.device)
         logprobs, entropy = self.policy(mb, self.cfg.rollout.temperature)
         mask = mb.response_mask
@@ -324,6 +367,7 @@ class Learner:
             response_mask=mask,
             loss_agg_mode=self.cfg.algorithm.loss_agg_mode,
             config=self.loss_config,
+            rollout_is_weights=None if is_weights is None else is_weights.to(self.device),
         )
         metrics = {
             "pg_loss": loss.item(),

@@ -16,7 +16,7 @@ from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.console import quiet_actor
 from tiny_r1v.device import resolve_device
 from tiny_r1v.learner.worker import Learner
-from tiny_r1v.protocol import Completion, Prompt
+from tiny_r1v.protocol import Generation, Prompt
 from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec
 from tiny_r1v.trainer.checkpoint import log_dir
 from tiny_r1v.trainer.scoring import GroupScorer
@@ -68,8 +68,10 @@ class RolloutWorker:
         _use_all_cores(resolve_device(cfg.trainer.device))
         self.engine = RolloutEngine(build_rollout_llm(cfg), rollout_sampling(cfg))
 
-    def generate(self, prompts: Sequence[Prompt], seed: int, first_slot: int, greedy: bool = False) -> list[Completion]:
-        return self.engine.generate(prompts, seed=seed, first_slot=first_slot, greedy=greedy)
+    def generate(self, prompts: Sequence[Prompt], seed: int, first_slot: int, greedy: bool = False) -> Generation:
+        start = time.perf_counter()
+        completions = self.engine.generate(prompts, seed=seed, first_slot=first_slot, greedy=greedy)
+        return Generation(completions, time.perf_counter() - start)
 
     def load_weights(self, weights: PackedWeights, version: int) -> dict[str, float]:
         """Load new weights; returns the seconds it took and the bytes received."""

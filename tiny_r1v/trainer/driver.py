@@ -5,13 +5,23 @@ advantages) → learner ranks (old/ref log-probs, PPO updates) → weight sync t
 worker. Every phase is timed; metrics go to the configured sinks; checkpoints are written every
 ``trainer.save_freq`` steps and at the end; the validation set is decoded greedily every
 ``trainer.val_freq`` steps and at the end.
+
+With ``trainer.max_staleness`` k >= 1 the rollouts run ahead: the generation of steps s+1..s+k
+is requested before step s trains. A rollout worker runs its calls one at a time in the order
+the driver sent them, so a weight load sent after a sync runs between two generations of that
+worker, and every generation requested after it samples with the new weights. Hence the rule:
+the batch of step t is requested only once the load of version t - k has been sent (the driver
+requests step s+k+1 right after the sync that ends step s), and the weight version each
+completion carries is checked again when it arrives.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +34,14 @@ from tiny_r1v.config import to_dict
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.data import Example, render_prompt
 from tiny_r1v.learner.worker import shard_for_rank
-from tiny_r1v.protocol import Completion, Prompt, TrainSample
+from tiny_r1v.protocol import Completion, Generation, Prompt, TrainSample
 from tiny_r1v.rewards.completions import Reference
 from tiny_r1v.timing import timed
 from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.actors import ActorGraph
-from tiny_r1v.trainer.metrics import MetricsLogger
+from tiny_r1v.trainer.metrics import MetricsLogger, occupancy, staleness_metrics
 from tiny_r1v.trainer.sampler import step_indices
-from tiny_r1v.trainer.weights import WeightSync
+from tiny_r1v.trainer.weights import WeightSync, sync_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +56,21 @@ def _split_into(items: Sequence, parts: int) -> list[Sequence]:
     """``items`` in at most ``parts`` contiguous pieces of equal size (the last may be shorter)."""
     size = -(-len(items) // parts)
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@dataclass
+class _Rollout:
+    """One batch's generation in flight: a piece of the prompts per rollout worker."""
+
+    chunks: list[Sequence[Prompt]]
+    """The prompts of worker ``i``."""
+    slots: list[int]
+    """Sampling slot of the first prompt of each chunk."""
+    greedy: bool
+    references: dict[str, Reference]
+    """What the completions are scored against, by prompt uid."""
+    calls: dict[int, ray.ObjectRef] = field(default_factory=dict)
+    """Worker index -> its pending ``generate`` call (a `Generation`)."""
 
 
 class Driver:
@@ -83,6 +108,10 @@ class Driver:
         self.weights = WeightSync(self.graph.learners, self.graph.rollouts, version)
         if start is not None:
             self.weights.load_all()
+        # Rollouts requested ahead, by step (0-based); with k = 0 only the current one.
+        self._ahead: dict[int, _Rollout] = {}
+        # Weight loads sent but not waited for, oldest first (one list per sync).
+        self._loads: deque[list[ray.ObjectRef]] = deque()
 
     # ------------------------------------------------------------------ phases
 
@@ -101,23 +130,39 @@ class Driver:
             references[uid] = Reference(task=example.task, answer=example.answer)
         return prompts, references
 
-    def _rollout(self, prompts: list[Prompt], step: int, greedy: bool = False) -> tuple[list[Completion], int]:
-        """Completions of every prompt, each from the current weights; returns the restarts needed."""
+    def _request(
+        self, prompts: list[Prompt], references: dict[str, Reference], step: int, greedy: bool = False
+    ) -> _Rollout:
+        """Send every rollout worker its piece of `prompts` (sampled with the weights it holds
+        once the calls already sent to it have run)."""
         chunks = _split_into(prompts, len(self.graph.rollouts))
         # Prompt j of the step is sampling slot step * batch + j, however the batch is split.
         slots = [step * len(prompts) + i * len(chunks[0]) for i in range(len(chunks))]
-        seed = self.cfg.rollout.seed
-        workers = self.graph.rollouts
-        pending = {i: workers[i].generate.remote(chunks[i], seed, slots[i], greedy) for i in range(len(chunks))}
+        rollout = _Rollout(chunks, slots, greedy, references)
+        rollout.calls.update({i: self._generate(rollout, i) for i in range(len(chunks))})
+        return rollout
+
+    def _generate(self, rollout: _Rollout, index: int) -> ray.ObjectRef:
+        worker = self.graph.rollouts[index]
+        return worker.generate.remote(
+            rollout.chunks[index], self.cfg.rollout.seed, rollout.slots[index], rollout.greedy
+        )
+
+    def _receive(self, rollout: _Rollout, max_staleness: int) -> tuple[list[Completion], int, float]:
+        """The completions of `rollout`, each from weights at most `max_staleness` versions behind
+        the learners'; a piece that is older (its worker restarted on the start weights) or lost
+        is generated again. Returns the restarts needed and the workers' busy seconds."""
+        pending = dict(rollout.calls)
         results: dict[int, list[Completion]] = {}
-        restarts = 0
+        restarts, busy = 0, 0.0
         while pending:
             index, ref = pending.popitem()
             worker = self.graph.rollouts[index]
             try:
-                completions = ray.get(ref)
-                if all(c.weight_version == self.weights.version for c in completions):
-                    results[index] = completions
+                generation: Generation = ray.get(ref)
+                busy += generation.seconds
+                if all(self.weights.version - c.weight_version <= max_staleness for c in generation.completions):
+                    results[index] = generation.completions
                     continue
                 # Restarted since the last sync, so it holds the start weights: update it.
                 self.weights.catch_up(worker)
@@ -126,9 +171,17 @@ class Driver:
                 time.sleep(_RETRY_PAUSE_S)
             restarts += 1
             if restarts > _MAX_ROLLOUT_RETRIES:
-                raise RuntimeError(f"rollout workers failed {restarts} times in step {step}; giving up")
-            pending[index] = worker.generate.remote(chunks[index], seed, slots[index], greedy)
-        return [c for i in range(len(chunks)) for c in results[i]], restarts
+                raise RuntimeError(f"rollout workers failed {restarts} times in step {self.step}; giving up")
+            pending[index] = self._generate(rollout, index)
+        return [c for i in range(len(rollout.chunks)) for c in results[i]], restarts, busy
+
+    def _request_ahead(self) -> None:
+        """Request the rollouts of steps ``step .. step + max_staleness`` not yet requested: the
+        learners train each at most ``max_staleness`` versions after the weights last sent."""
+        last = min(self.step + self.cfg.trainer.max_staleness, self.cfg.trainer.total_steps - 1)
+        for step in range(self.step, last + 1):
+            if step not in self._ahead:
+                self._ahead[step] = self._request(*self._prompts(step), step)
 
     def _train(self, samples: list[TrainSample]) -> dict[str, float]:
         mini = self.cfg.samples_per_update()
@@ -146,44 +199,80 @@ class Driver:
         }
 
     def run_validation(self) -> dict[str, float]:
-        """Greedy completions of the validation set from the current weights, scored (`val/*`)."""
+        """Greedy completions of the validation set from the current weights, scored (`val/*`).
+        Its generation runs after the rollouts already requested ahead."""
         timings: dict[str, float] = {}
         with timed(timings, "time/validation"):
             keyed = [(f"val:{i}", example) for i, example in enumerate(self.val_examples)]
             prompts, references = self._prompts_of(keyed)
-            completions, _ = self._rollout(prompts, self.step, greedy=True)
+            completions, _, _ = self._receive(self._request(prompts, references, self.step, greedy=True), 0)
             metrics = ray.get(self.graph.scorer.validation_metrics.remote(completions, references))
         return {**metrics, **timings}
 
     # ------------------------------------------------------------------ loop
+
+    def _sync(self) -> tuple[dict[str, float], float, float]:
+        """Send the learners' new weights to the rollout workers (and, with max_staleness k >= 1,
+        request the next rollout after them); returns the metrics of the loads waited for, the
+        learners' seconds in the gather and the rollout workers' summed seconds in the loads.
+
+        The driver waits for a sync's loads once the next step needs them: at once with k <= 1,
+        else k - 1 syncs later (a worker loads after the k - 1 generations queued before)."""
+        k = self.cfg.trainer.max_staleness
+        start = time.perf_counter()
+        loads = self.weights.advance()
+        gather_seconds = time.perf_counter() - start
+        self._loads.append(loads)
+        self.step += 1
+        if k > 0:
+            self._request_ahead()
+        metrics, busy = {}, 0.0
+        while len(self._loads) >= max(k, 1):
+            done = self.weights.collect(self._loads.popleft())
+            metrics = sync_metrics(done)
+            busy += sum(load["seconds"] for load in done)
+        return metrics, gather_seconds, busy
 
     def train_step(self) -> dict[str, float]:
         """One iteration; returns its metrics (also logged), its validation's too when one ran."""
         step = self.step
         timings: dict[str, float] = {}
         with timed(timings, "time/step"):
-            prompts, references = self._prompts(step)
+            self._request_ahead()
+            rollout = self._ahead.pop(step)
             with timed(timings, "time/rollout"):
-                completions, restarts = self._rollout(prompts, step)
+                completions, restarts, generating = self._receive(rollout, self.cfg.trainer.max_staleness)
             with timed(timings, "time/reward"):
-                scored = ray.get(self.graph.scorer.score.remote(completions, references))
-            by_uid = {p.uid: p for p in prompts}
+                scored = ray.get(self.graph.scorer.score.remote(completions, rollout.references))
+            by_uid = {chunk.uid: chunk for prompts in rollout.chunks for chunk in prompts}
             samples = [
-                TrainSample(prompt=by_uid[c.uid], response_ids=c.token_ids, advantage=a, rollout_logprobs=c.logprobs)
+                TrainSample(
+                    prompt=by_uid[c.uid],
+                    response_ids=c.token_ids,
+                    advantage=a,
+                    rollout_logprobs=c.logprobs,
+                    weight_version=c.weight_version,
+                )
                 for c, a in zip(completions, scored.advantages, strict=True)
             ]
+            staleness = staleness_metrics([s.weight_version for s in samples], self.weights.version)
             with timed(timings, "time/learner"):
                 learner_metrics = self._train(samples)
             with timed(timings, "time/sync"):
-                sync = self.weights.advance()
+                sync, gathering, loading = self._sync()
             sync["sync/seconds"] = timings["time/sync"]
-            self.step += 1
         tokens = sum(len(c.token_ids) for c in completions)
+        busy = {
+            "rollout": (generating + loading) / len(self.graph.rollouts),
+            "learner": timings["time/learner"] + gathering,
+        }
         metrics = {
             **scored.metrics,
             **{f"actor/{k}" if not k.startswith(("time/", "rollout/")) else k: v for k, v in learner_metrics.items()},
             **sync,
             **timings,
+            **staleness,
+            **occupancy(timings["time/step"], busy),
             "perf/response_tokens": float(tokens),
             "perf/tokens_per_s": tokens / timings["time/step"],
             "perf/rollout_tokens_per_s": tokens / timings["time/rollout"],
@@ -232,6 +321,8 @@ class Driver:
                 metrics = self.train_step()
                 if on_step_end is not None:
                     on_step_end(self, self.step, metrics)
+            while self._loads:
+                self.weights.collect(self._loads.popleft())
         finally:
             self.metrics.close()
 

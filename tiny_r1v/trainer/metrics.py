@@ -39,6 +39,23 @@ def trend(
     return f"{', '.join(parts)} (means of the first and last {n} steps)"
 
 
+def staleness_metrics(versions: Sequence[int], learner_version: int) -> dict[str, float]:
+    """How many weight versions the samples of a step (`versions`: the version that sampled each)
+    lag the learners' (`learner_version`) that train on them."""
+    lags = [learner_version - version for version in versions]
+    return {"staleness/mean": sum(lags) / len(lags), "staleness/max": float(max(lags))}
+
+
+def occupancy(step_seconds: float, busy: Mapping[str, float]) -> dict[str, float]:
+    """Busy and idle seconds of each actor group (`busy`: group name -> its busy seconds, the
+    mean over its actors) in a step of `step_seconds`; idle is the rest, at least 0."""
+    metrics = {}
+    for group, seconds in busy.items():
+        metrics[f"busy/{group}_s"] = seconds
+        metrics[f"idle/{group}_s"] = max(0.0, step_seconds - seconds)
+    return metrics
+
+
 def read_metrics(path: Path) -> list[dict[str, float]]:
     """The records of a metrics JSONL file, in step order."""
     return [json.loads(line) for line in path.read_text().splitlines()]

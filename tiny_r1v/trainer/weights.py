@@ -60,6 +60,14 @@ class PackedWeights:
         return out
 
 
+def sync_metrics(loads: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The largest bytes and seconds of the rollout workers' loads of one version."""
+    return {
+        "sync/bytes": max((load["bytes"] for load in loads), default=0),
+        "sync/load_seconds": max((load["seconds"] for load in loads), default=0.0),
+    }
+
+
 class WeightSync:
     """The driver's side of weight transport: the learners' weights of the current version,
     gathered at most once, and loaded into rollout workers.
@@ -82,27 +90,33 @@ class WeightSync:
             self._ref = refs[0]
         return self._ref
 
-    def advance(self) -> dict[str, float]:
-        """The learners stepped: load their new version into every rollout worker."""
+    def advance(self) -> list[ray.ObjectRef]:
+        """The learners stepped: gather their new version and start loading it into every rollout
+        worker, each after the calls already queued on it; `collect` waits for the loads."""
         self.version += 1
         self._ref = None
-        return self.load_all()
+        return self.push()
 
-    def load_all(self) -> dict[str, float]:
-        """Load the current weights into every rollout worker. One that fails meanwhile is left to
-        Ray to restart: `catch_up` brings it up to date when it next answers on an old version."""
+    def push(self) -> list[ray.ObjectRef]:
+        """Start loading the current weights into every rollout worker (one call each, in order)."""
         weights = self.current()
-        calls = [worker.load_weights.remote(weights, self.version) for worker in self.rollouts]
+        return [worker.load_weights.remote(weights, self.version) for worker in self.rollouts]
+
+    def collect(self, calls: Sequence[ray.ObjectRef]) -> list[dict[str, float]]:
+        """Wait for the loads `push` started; returns those that answered (see `sync_metrics`).
+        One whose worker failed meanwhile is left to Ray to restart: `catch_up` brings it up to
+        date when it next answers on an old version."""
         loads = []
         for index, call in enumerate(calls):
             try:
                 loads.append(ray.get(call))
             except (RayActorError, ActorUnavailableError) as err:
                 logger.warning("rollout worker %d failed while loading weights (%s)", index, err)
-        return {
-            "sync/bytes": max((load["bytes"] for load in loads), default=0),
-            "sync/load_seconds": max((load["seconds"] for load in loads), default=0.0),
-        }
+        return loads
+
+    def load_all(self) -> None:
+        """Load the current weights into every rollout worker and wait for them."""
+        self.collect(self.push())
 
     def catch_up(self, worker: Any) -> None:
         """Load the current weights into one worker (restarted by Ray on the start weights)."""

@@ -182,6 +182,7 @@ RULES = [
     ("algorithm.clip_ratio_low=0", "algorithm.clip_ratio_low: must be in (0, 1), got 0.0"),
     ("algorithm.clip_ratio_low=1", "algorithm.clip_ratio_low: must be in (0, 1), got 1.0"),
     ("algorithm.clip_ratio_high=0", "algorithm.clip_ratio_high: must be > 0, got 0.0"),
+    ("algorithm.tis_cap=0.5", "algorithm.tis_cap: must be >= 1, got 0.5"),
     # algorithm.lipo
     ("algorithm.lipo.xi=-0.1", "algorithm.lipo.xi: must be in [0, 1], got -0.1"),
     ("algorithm.lipo.xi=1.5", "algorithm.lipo.xi: must be in [0, 1], got 1.5"),
@@ -206,6 +207,7 @@ RULES = [
     ("trainer.total_steps=0", "trainer.total_steps: must be > 0, got 0"),
     ("trainer.save_freq=-1", "trainer.save_freq: must be >= 0, got -1"),
     ("trainer.save_limit=0", "trainer.save_limit: must be > 0, got 0"),
+    ("trainer.max_staleness=-1", "trainer.max_staleness: must be >= 0, got -1"),
     ("trainer.output_dir=''", "trainer.output_dir: must not be empty"),
     ("trainer.experiment_name=''", "trainer.experiment_name: must not be empty"),
     # cross-section

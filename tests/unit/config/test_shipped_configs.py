@@ -97,6 +97,9 @@ REFERENCE = [
     (("model", "dtype"), "bfloat16"),
     (("model", "attn_implementation"), "auto"),
     (("trainer", "device"), "cuda"),
+    # rollouts of the next step overlap the update, corrected by truncated importance weights
+    (("trainer", "max_staleness"), 1),
+    (("algorithm", "tis_cap"), 2.0),
 ]
 
 
