@@ -1,0 +1,52 @@
+"""The base diagnostic: its distances by hand, and one run on the tiny model whose counts are
+recounted from the data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_r1v.data import convert
+from tiny_r1v.evidence.base import split_val
+from tiny_r1v.evidence.diagnose import diagnose, mean_pairwise_tv, total_variation
+
+
+def test_distances_by_hand() -> None:
+    p, q, r = torch.tensor([0.5, 0.5, 0.0]), torch.tensor([0.0, 0.5, 0.5]), torch.tensor([0.5, 0.5, 0.0])
+    assert total_variation(p, q) == pytest.approx(0.5)
+    assert total_variation(p, r) == 0.0
+    assert mean_pairwise_tv([p, q, r]) == pytest.approx((0.5 + 0.0 + 0.5) / 3)
+    with pytest.raises(ValueError, match="at least two"):
+        mean_pairwise_tv([p])
+
+
+def test_diagnose_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    ocr = tmp_path / "data" / "ocr"
+    convert.main(
+        [
+            "tb-ocr",
+            "--split",
+            "train",
+            "--limit",
+            "12",
+            "--out",
+            str(ocr),
+            "--width",
+            "224",
+            "--height",
+            "28",
+            "--layout",
+            "cells",
+        ]
+    )
+    split_val(ocr, 4, seed=0)
+    shutil.copytree(tiny_model_dir, tmp_path / "warm-model")
+    report = diagnose(tmp_path, "warm-model", rows=8)
+    val_digits = sum(len(json.loads(line)["answer"]) for line in (ocr / "val.jsonl").read_text().splitlines())
+    assert (report["val_images"], report["probe_val_digits"]) == (4, val_digits)
+    assert 0 <= report["probe_val_accuracy"] <= 1 and 0 <= report["first_digit_accuracy"] <= 1
+    assert 0 <= report["first_digit_mean_pairwise_tv"] <= 1
