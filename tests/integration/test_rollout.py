@@ -253,3 +253,46 @@ def test_restarted_worker_samples_a_per_call_step_again(ray_local, tiny_config, 
         assert again == step
     finally:
         ray.kill(worker)
+
+
+def _vllm_tensor(saved: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """The tensor vLLM builds under `name` from a Hugging Face checkpoint's tensors: prefixes
+    moved, q/k/v and gate/up fused along the output dimension."""
+    name = name.removeprefix("language_model.")
+    fused = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+    for merged, parts in fused.items():
+        if f".{merged}." in name:
+            return torch.cat([saved[name.replace(merged, part)] for part in parts])
+    return saved[name]
+
+
+def test_a_bfloat16_learner_checkpoint_loads_in_vllm_with_equal_weights(tiny_model_dir, tiny_config, tmp_path):
+    """Every tensor vLLM holds as a parameter is the checkpoint's bf16 tensor (fused where vLLM
+    fuses). vLLM's CPU backend repacks linear weights for its kernels and leaves their parameters
+    empty: those are compared through the learner-vs-rollout log-prob test instead."""
+    import shutil
+
+    from tiny_r1v.learner.worker import save_weights
+    from tiny_r1v.rollout.engine import build_llm
+    from tiny_r1v.rollout.sampling import EngineModel
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    learner = {name: t + 1e-3 * torch.randn_like(t) for name, t in model.state_dict().items()}  # not bf16-exact
+    save_weights(model, tmp_path, learner, torch.bfloat16)
+    for path in tiny_model_dir.iterdir():  # tokenizer and processor files, as the learner saves them
+        if not (tmp_path / path.name).exists():
+            shutil.copy(path, tmp_path / path.name)
+    saved = load_file(tmp_path / "model.safetensors")
+    llm = build_llm(EngineModel(str(tmp_path), torch.bfloat16), tiny_config.rollout, tiny_config.data, 0)
+    try:
+        (loaded,) = llm.apply_model(lambda m: {n: p.detach().cpu().clone() for n, p in m.named_parameters()})
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    compared = {name: t for name, t in loaded.items() if t.numel()}
+    assert {"language_model.model.embed_tokens.weight", "language_model.lm_head.weight"} <= set(compared)
+    assert all(name.endswith(".weight") for name in set(loaded) - set(compared))  # the repacked linears
+    for name, tensor in compared.items():
+        assert tensor.dtype == torch.bfloat16, name
+        assert torch.equal(tensor, _vllm_tensor(saved, name)), name
+    # transformers loads the same file to the learner's weights rounded once to bf16:
+    # tests/unit/trainer/test_learner_outputs.py::test_bfloat16_checkpoint_reloads_equal
