@@ -241,12 +241,12 @@ def test_restarted_worker_samples_a_per_call_step_again(ray_local, tiny_config, 
     worker = ray.remote(RolloutWorker).options(max_restarts=1).remote(cfg)
     try:
         ray.get(worker.generate.remote(prompts, 3, 12))  # an earlier step
-        step = tokens(ray.get(worker.generate.remote(prompts, 3, 15)))
+        step = tokens(ray.get(worker.generate.remote(prompts, 3, 15)).completions)
         ray.kill(worker, no_restart=False)
         again = None
         for _ in range(120):  # until Ray has rebuilt it
             try:
-                again = tokens(ray.get(worker.generate.remote(prompts, 3, 15)))
+                again = tokens(ray.get(worker.generate.remote(prompts, 3, 15)).completions)
                 break
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                 time.sleep(1)
