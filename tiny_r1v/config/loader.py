@@ -52,6 +52,16 @@ def require(ok: bool, key: str, rule: str) -> None:
 
 
 @contextlib.contextmanager
+def labelled(label: str) -> Iterator[None]:
+    """Re-raise ConfigErrors with `label` (e.g. the run a config is made for) before each key:
+    ``<label>: <key>``, or the label alone for a problem of the whole file."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(*((f"{label}: {key}" if key else label, rule) for key, rule in err.errors)) from None
+
+
+@contextlib.contextmanager
 def section(prefix: str) -> Iterator[None]:
     """Re-raise ConfigErrors from a sub-section's `validate()` with their keys under `prefix`."""
     try:

@@ -31,11 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from tiny_r1v.config.loader import ConfigError, load_config, require, section, to_dict
+from tiny_r1v.config.loader import ConfigError, labelled, load_config, require, section, to_dict
 from tiny_r1v.config.train import EngineConfig, PromptConfig, TrainConfig
 from tiny_r1v.eval.config import DecodingConfig, EvalConfig
 from tiny_r1v.evidence.base import TESTBED_KINDS, BaseConfig
-from tiny_r1v.evidence.sweep import finished
+from tiny_r1v.evidence.sweep import finished, run_overrides
 from tiny_r1v.merge.config import MergeConfig, MethodName
 from tiny_r1v.tasks import Task
 
@@ -131,7 +131,7 @@ def seed_dir(cfg: RecipeConfig, seed: int) -> Path:
 
 
 def data_file(cfg: RecipeConfig, task: str, split: str) -> Path:
-    return Path(cfg.base_dir) / "data" / task / ("val.jsonl" if split == "val" else f"{split}.jsonl")
+    return Path(cfg.base_dir) / "data" / task / f"{split}.jsonl"
 
 
 def warm_model(cfg: RecipeConfig) -> Path:
@@ -142,10 +142,6 @@ def run_dir(cfg: RecipeConfig, seed: int, name: str) -> Path:
     return seed_dir(cfg, seed) / "runs" / name
 
 
-def _flow(values: Sequence[object]) -> str:
-    return json.dumps([str(v) for v in values])  # a JSON list is a YAML flow sequence
-
-
 def training_overrides(cfg: RecipeConfig, seed: int, name: str) -> list[str]:
     """Overrides of `cfg.train_config` that make the run `name` (an expert or the mixture)."""
     if name == MIXTURE:
@@ -153,25 +149,23 @@ def training_overrides(cfg: RecipeConfig, seed: int, name: str) -> list[str]:
     else:
         expert = next(e for e in cfg.experts if e.name == name)
         tasks, task, steps = [expert.task], expert.task, cfg.expert_steps
-    directory = run_dir(cfg, seed, name)
     return [
         f"model.path={json.dumps(str(warm_model(cfg)))}",
         *cfg.train_overrides,
-        f"data.task={task}",
-        f"data.train_files={_flow(data_file(cfg, t, 'train') for t in tasks)}",
-        f"data.val_files={_flow(data_file(cfg, t, 'val') for t in tasks)}",
         f"trainer.total_steps={steps}",
-        *(f"{key}={seed}" for key in ("data.seed", "rollout.seed", "trainer.seed")),
-        f"trainer.output_dir={json.dumps(str(directory.parent))}",
-        f"trainer.experiment_name={json.dumps(directory.name)}",
+        *run_overrides(
+            task,
+            [data_file(cfg, t, "train") for t in tasks],
+            [data_file(cfg, t, "val") for t in tasks],
+            seed,
+            run_dir(cfg, seed, name),
+        ),
     ]
 
 
 def training_config(cfg: RecipeConfig, seed: int, name: str) -> TrainConfig:
-    try:
+    with labelled(f"seed {seed} run {name}"):
         return load_config(TrainConfig, cfg.train_config, training_overrides(cfg, seed, name))
-    except ConfigError as err:
-        raise ConfigError(*((f"seed {seed} run {name}: {k}" if k else name, r) for k, r in err.errors)) from None
 
 
 def merge_output(cfg: RecipeConfig, seed: int, name: str) -> Path:
@@ -195,10 +189,8 @@ def merge_config(cfg: RecipeConfig, seed: int, spec: MergeSpec, label: str, over
         f"output={json.dumps(str(merge_output(cfg, seed, label).absolute()))}",
         *overrides,
     ]
-    try:
+    with labelled(f"seed {seed} merge {label}"):
         return load_config(MergeConfig, cfg.merge_config, items)
-    except ConfigError as err:
-        raise ConfigError(*((f"seed {seed} merge {label}: {k}" if k else label, r) for k, r in err.errors)) from None
 
 
 def eval_config(train: TrainConfig, output_dir: Path) -> EvalConfig:

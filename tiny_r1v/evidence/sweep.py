@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tiny_r1v.config.loader import ConfigError, load_config, require, section
+from tiny_r1v.config.loader import ConfigError, labelled, load_config, require, section
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.evidence.sweep_report import RunRecord, Status
 from tiny_r1v.tasks import Task
@@ -188,36 +188,41 @@ def plan(sweep: SweepConfig) -> list[Run]:
     return list(runs)
 
 
-def _flow(values: Sequence[str]) -> str:
-    return json.dumps(list(values))  # a JSON list is a YAML flow sequence, whatever the paths hold
+def run_overrides(
+    task: str, train_files: Sequence[object], val_files: Sequence[object], seed: int, directory: Path
+) -> list[str]:
+    """The training overrides that place a run of a grid or pipeline: its data (``data.task``
+    and files), its seed (``data.seed``, ``rollout.seed``, ``trainer.seed``) and its directory
+    (``trainer.output_dir`` / ``trainer.experiment_name``): exactly the `RESERVED_KEYS`."""
 
+    def flow(values: Sequence[object]) -> str:
+        return json.dumps([str(v) for v in values])  # a JSON list is a YAML flow sequence, whatever the paths hold
 
-def train_overrides(sweep: SweepConfig, run: Run) -> list[str]:
-    """The overrides of the base config that make ``run``: the sweep's, the task's data, the
-    method's, then the seed and the run directory."""
-    task = next(t for t in sweep.tasks if t.name == run.task)
-    method = next(m for m in sweep.methods if m.name == run.method)
-    directory = run_dir(sweep, run)
     return [
-        *sweep.overrides,
-        f"data.task={task.task}",
-        f"data.train_files={_flow(task.train_files)}",
-        f"data.val_files={_flow(task.val_files)}",
-        *method.overrides,
-        *(f"{key}={run.seed}" for key in ("data.seed", "rollout.seed", "trainer.seed")),
+        f"data.task={task}",
+        f"data.train_files={flow(train_files)}",
+        f"data.val_files={flow(val_files)}",
+        *(f"{key}={seed}" for key in ("data.seed", "rollout.seed", "trainer.seed")),
         f"trainer.output_dir={json.dumps(str(directory.parent))}",
         f"trainer.experiment_name={json.dumps(directory.name)}",
     ]
+
+
+def train_overrides(sweep: SweepConfig, run: Run) -> list[str]:
+    """The overrides of the base config that make ``run``: the sweep's, the method's, then the
+    task's data, the seed and the run directory (no method may set those: `RESERVED_KEYS`)."""
+    task = next(t for t in sweep.tasks if t.name == run.task)
+    method = next(m for m in sweep.methods if m.name == run.method)
+    placed = run_overrides(task.task, task.train_files, task.val_files, run.seed, run_dir(sweep, run))
+    return [*sweep.overrides, *method.overrides, *placed]
 
 
 def train_config(sweep: SweepConfig, run: Run) -> TrainConfig:
     """The run's training config; a ConfigError names the run (or the missing base config)."""
     if not Path(sweep.base_config).is_file():
         raise ConfigError(("base_config", f"no training config file at {sweep.base_config}"))
-    try:
+    with labelled(run.label):
         return load_config(TrainConfig, sweep.base_config, train_overrides(sweep, run))
-    except ConfigError as err:
-        raise ConfigError(*((f"{run.label}: {key}" if key else run.label, rule) for key, rule in err.errors)) from None
 
 
 def metrics_rows(directory: Path) -> list[dict]:
