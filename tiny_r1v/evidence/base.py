@@ -10,8 +10,8 @@ writes under ``--out`` (each part skipped when it already exists):
   splits whole;
 - ``base-model/``: the tiny factory Qwen2.5-VL (`tiny_r1v.models.tiny`);
 - ``warm-model/``: the base after a supervised warm start on the three-task mixture
-  (`tiny_r1v.warmstart`): ``<think>`` reasoning of 0..6 filler sentences, for math the
-  expression read from the image (the rows' ``rationale``), then ``\\boxed{}``;
+  (`tiny_r1v.warmstart`): ``<think>`` reasoning that opens, for math and OCR, with what the image
+  shows (the rows' ``rationale``), then 0..6 filler sentences, then ``\\boxed{}``;
 - ``checks.json`` (and ``checks-samples.jsonl``, every scored sample): three checks on held-out
   test prompts (``--tune``: ``checks-val.json`` on the validation split, to choose settings by),
   sampled as RL samples them (temperature 1, ``n`` per prompt, fixed seed) on the real vLLM CPU
@@ -32,6 +32,7 @@ import argparse
 import io
 import json
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -57,6 +58,11 @@ MAX_TRUNCATED = 0.10
 """Check 2: the truncated share must stay below this."""
 BLANK_GAP = 0.10
 """Check 3: every task's blank-image accuracy must be at least this much below its real one."""
+
+
+class BaseDirError(ValueError):
+    """The base directory cannot be completed as asked (the message names the path)."""
+
 
 CHECKS_FILE = "checks.json"
 """The checks on the test split; ``--tune`` writes ``checks-val.json`` (and its samples) instead."""
@@ -91,7 +97,8 @@ class BaseConfig:
     max_response_length: int = 96
     """The response limit of the method sweep; above the warm start's longest target."""
     check_prompts: int = 64
-    """Held-out prompts per task (a seeded subset of each test split)."""
+    """Prompts per task the checks sample (a seeded subset of each test split, or with `tune` of
+    each validation split)."""
     n: int = 8
     """Samples per prompt (the RL group size of the checks)."""
     sample_seed: int = 1
@@ -323,7 +330,7 @@ def split_val(directory: Path, rows: int, seed: int) -> None:
     lines = train.read_text().splitlines(keepends=True)
     if not val.is_file():
         if rows >= len(lines):
-            raise ValueError(f"{train}: {len(lines)} rows cannot spare {rows} for validation")
+            raise BaseDirError(f"{train}: {len(lines)} rows cannot spare {rows} for validation")
         chosen = sorted(random.Random(seed).sample(range(len(lines)), rows))
         _replace(val, "".join(lines[i] for i in chosen))
     held = {json.loads(line)["id"] for line in val.read_text().splitlines()}
@@ -342,6 +349,7 @@ def build_base(out: Path, cfg: BaseConfig = BaseConfig()) -> dict:
     """Build whatever of the base is missing under `out`, print the checks, return their report."""
     timings: dict[str, float] = {}
     data = out / "data"
+    base, warm = out / "base-model", out / "warm-model"
     for task, kind in TESTBED_KINDS.items():
         for split in ("train", "test"):
             if not (data / task / f"{split}.jsonl").is_file():
@@ -357,8 +365,13 @@ def build_base(out: Path, cfg: BaseConfig = BaseConfig()) -> dict:
                 started = time.perf_counter()
                 convert.main(args)
                 timings[f"data/{task}/{split}"] = round(time.perf_counter() - started, 1)
+        if not (data / task / VAL_FILE).is_file() and (warm / "config.json").is_file():
+            # A base built before the validation split: its warm start saw every train row.
+            raise BaseDirError(
+                f"{data / task}: no {VAL_FILE}, but {warm} was trained on every row of its train split, "
+                "so none can be held out; build the base in a new --out"
+            )
         split_val(data / task, cfg.val_rows, cfg.seed)
-    base, warm = out / "base-model", out / "warm-model"
     if not (base / "config.json").is_file():
         from tiny_r1v.models.tiny import build_tiny_model
 
@@ -457,8 +470,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
-    cfg = replace(defaults, **{key: getattr(args, key) for key in asdict(defaults) if hasattr(args, key)})
-    build_base(Path(args.out), cfg)
+    cfg = replace(defaults, **{key: getattr(args, key) for key in asdict(defaults)})
+    try:
+        build_base(Path(args.out), cfg)
+    except BaseDirError as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

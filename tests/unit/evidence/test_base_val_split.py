@@ -59,3 +59,21 @@ def test_too_few_rows_is_refused_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"train\.jsonl: 3 rows cannot spare 3"):
         split_val(tmp_path, 3, seed=0)
     assert not (tmp_path / "val.jsonl").exists()
+
+
+def test_a_base_whose_warm_start_saw_every_train_row_is_refused(tmp_path: Path, capsys) -> None:
+    """A base directory written before the validation split: moving rows to val.jsonl now would
+    make a split the warm model was trained on."""
+    from tiny_r1v.evidence.base import TESTBED_KINDS, main
+
+    for task in TESTBED_KINDS:
+        (tmp_path / "data" / task).mkdir(parents=True)
+        _write_train(tmp_path / "data" / task, 10)
+        (tmp_path / "data" / task / "test.jsonl").write_text("")
+    (tmp_path / "warm-model").mkdir()
+    (tmp_path / "warm-model" / "config.json").write_text("{}")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as info:
+        main(["--out", str(tmp_path)])
+    assert "math: no val.jsonl, but" in str(info.value.code) and "build the base in a new --out" in str(info.value.code)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
