@@ -138,6 +138,11 @@ def warm_model(cfg: RecipeConfig) -> Path:
     return Path(cfg.base_dir) / "warm-model"
 
 
+def run_names(cfg: RecipeConfig) -> list[str]:
+    """The training runs of a seed: each expert, then the mixture if it is trained."""
+    return [e.name for e in cfg.experts] + ([MIXTURE] if cfg.mixture else [])
+
+
 def run_dir(cfg: RecipeConfig, seed: int, name: str) -> Path:
     return seed_dir(cfg, seed) / "runs" / name
 
@@ -218,7 +223,7 @@ def check(cfg: RecipeConfig) -> None:
         if not Path(getattr(cfg, key)).is_file():
             raise ConfigError((key, f"no config file at {getattr(cfg, key)}"))
     for seed in cfg.seeds:
-        for name in [e.name for e in cfg.experts] + ([MIXTURE] if cfg.mixture else []):
+        for name in run_names(cfg):
             training_config(cfg, seed, name)
         for spec in cfg.merges:
             for label, overrides in candidates(spec):
@@ -257,8 +262,7 @@ def ensure_base(cfg: RecipeConfig) -> None:
 def train_stage(cfg: RecipeConfig, seed: int) -> None:
     from tiny_r1v.evidence.sweep import run_training
 
-    names = [e.name for e in cfg.experts] + ([MIXTURE] if cfg.mixture else [])
-    for name in names:
+    for name in run_names(cfg):
         train = training_config(cfg, seed, name)
         directory = run_dir(cfg, seed, name)
         if finished(directory, train.trainer.total_steps):
@@ -295,20 +299,17 @@ def _evaluate(eval_cfg: EvalConfig, models: dict[str, Path], benchmarks: dict[st
     from tiny_r1v.eval.runner import run_eval
 
     path = _write_config(seed_path / "configs", name, eval_cfg)
+    model_items, benchmark_items = ([f"{k}={v}" for k, v in items.items()] for items in (models, benchmarks))
     logger.info(
         "%s: %d models x %d tasks (alone: python launch/eval.py --config %s --models %s --benchmarks %s)",
         name,
         len(models),
         len(benchmarks),
         path,
-        ",".join(f"{k}={v}" for k, v in models.items()),
-        ",".join(f"{k}={v}" for k, v in benchmarks.items()),
+        ",".join(model_items),
+        ",".join(benchmark_items),
     )
-    return run_eval(
-        eval_cfg,
-        resolve_models(eval_cfg, [f"{k}={v}" for k, v in models.items()]),
-        resolve_benchmarks(eval_cfg, [f"{k}={v}" for k, v in benchmarks.items()]),
-    )
+    return run_eval(eval_cfg, resolve_models(eval_cfg, model_items), resolve_benchmarks(eval_cfg, benchmark_items))
 
 
 def merge_stage(cfg: RecipeConfig, seed: int, eval_cfg: EvalConfig) -> dict[str, Path]:
@@ -316,12 +317,12 @@ def merge_stage(cfg: RecipeConfig, seed: int, eval_cfg: EvalConfig) -> dict[str,
     rows: dict[str, Path] = {}
     choices: dict[str, dict] = {}
     val = {e.task: data_file(cfg, e.task, "val") for e in cfg.experts}
+    here = seed_dir(cfg, seed)
     for spec in cfg.merges:
         made = {label: _merge(cfg, seed, spec, label, overrides) for label, overrides in candidates(spec)}
         if not spec.choose:
             rows[spec.name] = made[spec.name]
             continue
-        here = seed_dir(cfg, seed)
         val_cfg = replace(eval_cfg, output_dir=str(here / "eval-val"))
         result = _evaluate(val_cfg, made, val, f"eval-val-{spec.name}", here)
         accuracy = {label: _average_accuracy(result.rows, label) for label in made}
@@ -333,8 +334,7 @@ def merge_stage(cfg: RecipeConfig, seed: int, eval_cfg: EvalConfig) -> dict[str,
             "chosen": best,
         }
         logger.info("seed %d: %s chose %s on the validation split (%s)", seed, spec.name, best, accuracy)
-    path = seed_dir(cfg, seed) / CHOICES_FILE
-    path.write_text(json.dumps(choices, indent=1) + "\n")
+    (here / CHOICES_FILE).write_text(json.dumps(choices, indent=1) + "\n")
     return rows
 
 
@@ -353,11 +353,7 @@ def run_seed(cfg: RecipeConfig, seed: int) -> list[Path]:
     here = seed_dir(cfg, seed)
     eval_cfg = eval_config(first, here / "eval")
     merged = merge_stage(cfg, seed, eval_cfg)
-    models = {BASE: warm_model(cfg)}
-    models.update({e.name: run_dir(cfg, seed, e.name) for e in cfg.experts})
-    if cfg.mixture:
-        models[MIXTURE] = run_dir(cfg, seed, MIXTURE)
-    models.update(merged)
+    models = {BASE: warm_model(cfg), **{name: run_dir(cfg, seed, name) for name in run_names(cfg)}, **merged}
     tests = {e.task: data_file(cfg, e.task, "test") for e in cfg.experts}
     result = _evaluate(eval_cfg, models, tests, "eval", here)
     experts = {e.task: e.name for e in cfg.experts}
