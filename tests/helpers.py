@@ -111,3 +111,30 @@ def learner_samples(processor: object, n: int = 2) -> list:
             ids = torch.randint(20, 400, (length,), generator=generator).tolist()
             samples.append(TrainSample(prompt=prompt, response_ids=tuple(ids), advantage=1.0 if j == 0 else -1.0))
     return samples
+
+
+def vllm_tensor(saved: dict, name: str):
+    """The tensor vLLM builds under `name` from a Hugging Face checkpoint's tensors (a dict of
+    torch tensors): prefixes moved, q/k/v and gate/up fused along the output dimension."""
+    import torch
+
+    name = name.removeprefix("language_model.")
+    fused = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+    for merged, parts in fused.items():
+        if f".{merged}." in name:
+            return torch.cat([saved[name.replace(merged, part)] for part in parts])
+    return saved[name]
+
+
+def engine_parameters(worker) -> dict:
+    """A rollout worker actor's engine parameters that vLLM's CPU backend keeps (it repacks
+    linear weights for its kernels and leaves those parameters empty), by vLLM name."""
+    import ray
+
+    def read(actor) -> dict:
+        (params,) = actor.engine.llm.apply_model(
+            lambda m: {n: p.detach().clone() for n, p in m.named_parameters() if p.numel()}
+        )
+        return params
+
+    return ray.get(worker.__ray_call__.remote(read))

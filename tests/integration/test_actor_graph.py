@@ -12,6 +12,7 @@ from unittest.mock import ANY
 import pytest
 import ray
 import torch
+from helpers import engine_parameters, vllm_tensor
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -156,7 +157,7 @@ def _summary(method: str, args: tuple) -> tuple:
     if method == "generate":
         prompts, seed, first_slot, *greedy = args
         return (tuple(p.uid for p in prompts), seed, first_slot, *greedy)
-    if method == "load_weights":
+    if method in ("load_weights", "receive_weights"):
         return (args[1],)
     if method == "train_step":
         return tuple((s.prompt.uid, len(s.response_ids)) for s in args[0])
@@ -335,22 +336,29 @@ def test_checkpoint_loads_in_transformers_and_vllm(interrupted_run):
 
 @pytest.fixture(scope="module")
 def pipelined_run(ray_local, tiny_model_dir, tmp_path_factory):
-    """max_staleness 1 with truncated importance weights: three steps of a four-step run. The
-    rollout worker is killed in step 1's sync, once it has loaded version 1 and started step 3's
-    batch; the driver dies after step 3, with step 4's batch in flight; then the run is resumed
-    to its end."""
+    """max_staleness 1 with truncated importance weights, weights synced by the transfer engine:
+    three steps of a four-step run. The rollout worker is killed in step 1's sync, once it has
+    received version 1 and started step 3's batch (it misses step 2's broadcast, catches up
+    through the object store and rejoins a new group); the driver dies after step 3, with step
+    4's batch in flight; then the run is resumed to its end."""
     tmp = tmp_path_factory.mktemp("pipelined")
     cfg = make_config(
         tiny_model_dir,
         write_dataset(tmp / "data"),
         tmp / "out",
-        **{"trainer.max_staleness": 1, "algorithm.tis_cap": 2.0, "trainer.total_steps": 4},
+        **{
+            "trainer.max_staleness": 1,
+            "algorithm.tis_cap": 2.0,
+            "trainer.total_steps": 4,
+            "rollout.weight_sync": "transfer_engine",
+            "rollout.weight_bucket_mb": 0.0625,  # buckets close inside the larger tensors
+        },
     )
     trainer = trainer_of(cfg)
     loads: list = []
 
     def kill_during_overlap(handle, method: str, args: tuple, ref) -> None:
-        if method == "load_weights":
+        if method == "receive_weights":
             loads.append(ref)
         if method == "generate" and args[2] == 8:  # step 3's batch, queued behind load 1
             ray.get(loads[-1])
@@ -380,9 +388,10 @@ def pipelined_run(ray_local, tiny_model_dir, tmp_path_factory):
         resumed_at = resumed.step
         resumed.run()
         versions = ray.get([w.weight_version.remote() for w in resumed.graph.rollouts])
+        engine = engine_parameters(resumed.graph.rollouts[0])
     finally:
         resumed.shutdown()
-    return cfg, trainer, first_step, in_flight, interrupted, resumed_at, versions
+    return cfg, trainer, first_step, in_flight, interrupted, resumed_at, (versions, engine)
 
 
 def test_pipelined_rollouts_are_requested_before_the_update_they_overlap(pipelined_run):
@@ -403,9 +412,13 @@ def test_pipelined_rollouts_are_requested_before_the_update_they_overlap(pipelin
         ("scorer", "score", tuple(uid for uid in prompts[0] for _ in range(n))),
         ("learner0", "train_step", ANY),
         ("learner1", "train_step", ANY),
-        ("learner0", "packed_weights", ()),
-        ("learner1", "packed_weights", ()),
-        ("rollout0", "load_weights", (1,)),
+        ("learner0", "transfer_address", ()),
+        ("learner0", "join_transfer", ()),
+        ("rollout0", "join_transfer", ()),
+        ("learner0", "update_info", ()),
+        ("learner0", "send_weights", ()),
+        ("learner1", "send_weights", ()),
+        ("rollout0", "receive_weights", (1,)),
         ("rollout0", "generate", (prompts[2], 1, 8, False)),
         ("learner0", "save", ()),
         ("learner1", "save", ()),
@@ -432,7 +445,7 @@ def test_pipelined_samples_are_at_most_max_staleness_versions_old(pipelined_run)
 
 
 def test_pipelined_run_replaces_a_killed_rollout_worker_and_resumes_without_losing_a_step(pipelined_run):
-    cfg, _, _, in_flight, interrupted, resumed_at, versions = pipelined_run
+    cfg, _, _, in_flight, interrupted, resumed_at, (versions, _) = pipelined_run
     assert [row["step"] for row in interrupted] == [1, 2, 3]
     assert interrupted[2]["rollout/restarts"] >= 1  # step 3's batch died with the worker
     assert in_flight == [3]  # the driver died with step 4's batch requested
@@ -442,3 +455,16 @@ def test_pipelined_run_replaces_a_killed_rollout_worker_and_resumes_without_losi
     assert rows[:3] == interrupted  # nothing of the interrupted run was repeated
     assert rows[3]["rollout/restarts"] == 0
     assert [row["step"] for row in read_metrics(cfg, validation=True)] == [0, 2, 4]
+    # Step 2's broadcast found the restarted worker outside the group and delivered nothing; step
+    # 3's went through a rebuilt group, step 4's through the resumed run's new one.
+    assert [row["sync/bytes"] > 0 for row in rows] == [True, False, True, True]
+
+
+def test_transferred_weights_equal_the_learners_in_the_model_dtype(pipelined_run):
+    """After the last sync the engine holds the final checkpoint's weights (written in the model's
+    dtype, as they are sent) in every parameter vLLM's CPU backend keeps."""
+    cfg, *_, (_, engine) = pipelined_run
+    saved = load_file(run_dir(cfg) / "checkpoints" / "step-000004" / "model" / "model.safetensors")
+    assert {"language_model.model.embed_tokens.weight", "language_model.lm_head.weight"} <= set(engine)
+    for name, tensor in engine.items():
+        assert torch.equal(tensor, vllm_tensor(saved, name)), name

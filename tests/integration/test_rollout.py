@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import one_image_prompt
+from helpers import one_image_prompt, vllm_tensor
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
@@ -255,17 +255,6 @@ def test_restarted_worker_samples_a_per_call_step_again(ray_local, tiny_config, 
         ray.kill(worker)
 
 
-def _vllm_tensor(saved: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    """The tensor vLLM builds under `name` from a Hugging Face checkpoint's tensors: prefixes
-    moved, q/k/v and gate/up fused along the output dimension."""
-    name = name.removeprefix("language_model.")
-    fused = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-    for merged, parts in fused.items():
-        if f".{merged}." in name:
-            return torch.cat([saved[name.replace(merged, part)] for part in parts])
-    return saved[name]
-
-
 def test_a_bfloat16_learner_checkpoint_loads_in_vllm_with_equal_weights(tiny_model_dir, tiny_config, tmp_path):
     """Every tensor vLLM holds as a parameter is the checkpoint's bf16 tensor (fused where vLLM
     fuses). vLLM's CPU backend repacks linear weights for its kernels and leaves their parameters
@@ -293,6 +282,6 @@ def test_a_bfloat16_learner_checkpoint_loads_in_vllm_with_equal_weights(tiny_mod
     assert all(name.endswith(".weight") for name in set(loaded) - set(compared))  # the repacked linears
     for name, tensor in compared.items():
         assert tensor.dtype == torch.bfloat16, name
-        assert torch.equal(tensor, _vllm_tensor(saved, name)), name
+        assert torch.equal(tensor, vllm_tensor(saved, name)), name
     # transformers loads the same file to the learner's weights rounded once to bf16:
     # tests/unit/trainer/test_learner_outputs.py::test_bfloat16_checkpoint_reloads_equal

@@ -158,9 +158,20 @@ class RolloutConfig(EngineConfig):
     GPU); per_call reseeds each worker's engine once per call from (seed, step, worker) and samples
     the batch at once (the same step on the same hardware and workers gives the same samples, a
     restarted worker included)."""
+    weight_sync: Literal["object_store", "transfer_engine"] = "object_store"
+    """How the learners' new weights (in the model's dtype) reach the engines after each update.
+    object_store: rank 0 puts them in Ray's object store and each worker copies them out.
+    transfer_engine: vLLM's weight-transfer engine; rank 0 and the engines form one group (NCCL
+    on GPU, gloo on CPU) and rank 0 broadcasts the weights in buckets, one ``update_weights`` call
+    per engine. A restarted worker catches up through the object store; the group is rebuilt
+    before the next sync."""
+    weight_bucket_mb: float = 1024.0
+    """Size of a transfer-engine broadcast bucket in MiB (vLLM's ``packed_buffer_size_bytes``): a
+    bucket closes after the tensor that crosses it, so it holds at most this plus one tensor."""
 
     def validate(self) -> None:
         require(self.n >= 2, "n", f"group size must be >= 2, got {self.n}")
+        _positive("weight_bucket_mb", self.weight_bucket_mb)
         _positive("temperature", self.temperature)
         _within("top_p", self.top_p, 0, 1, "(]")
         _positive("num_workers", self.num_workers)

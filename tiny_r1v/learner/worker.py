@@ -401,6 +401,23 @@ class Learner:
         state = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {name.removeprefix(_WRAPPER_PREFIX): tensor for name, tensor in state.items()}
 
+    def model_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's full weights under Hugging Face names in the model's dtype (the compute
+        dtype, never the float32 masters), one tensor at a time on this rank's device. Each is
+        gathered from every rank, so iterate it on all ranks together: rank 0 gets the tensors,
+        the others nothing."""
+        dtype = self.mixed_precision.param_dtype
+        for name, param in self.policy.named_parameters():
+            full = param.full_tensor() if isinstance(param, DTensor) else param
+            if self.rank == 0:
+                yield name.removeprefix(_WRAPPER_PREFIX), full.detach().to(dtype)
+
+    def weight_entries(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        """(name, dtype, shape) of each tensor `model_weights` yields, in its order (no gather)."""
+        dtype = self.mixed_precision.param_dtype
+        params = self.policy.named_parameters()
+        return [(name.removeprefix(_WRAPPER_PREFIX), dtype, tuple(param.shape)) for name, param in params]
+
     def save(self, directory: str) -> None:
         """Write a checkpoint into ``directory`` (shared by all ranks): ``model/`` is a Hugging
         Face safetensors checkpoint in the compute dtype (``model.dtype``; float32 on the CPU

@@ -15,16 +15,21 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from vllm import LLM, SamplingParams
+from vllm.config.weight_transfer import WeightTransferConfig
 from vllm.platforms import current_platform
 
 from tiny_r1v.config.train import EngineConfig, PromptConfig
 from tiny_r1v.protocol import Completion, Prompt
 from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec, call_seed, sample_seed
+from tiny_r1v.rollout.transfer import register_gloo_engine
 
 
-def build_llm(model: EngineModel, engine: EngineConfig, prompt: PromptConfig, seed: int) -> LLM:
+def build_llm(
+    model: EngineModel, engine: EngineConfig, prompt: PromptConfig, seed: int, weight_transfer: str | None = None
+) -> LLM:
     """An in-process vLLM engine for ``model``, sized by ``engine`` for ``prompt``'s prompts: up to
-    ``max_prompt_length`` tokens, images resized into [``min_pixels``, ``max_pixels``].
+    ``max_prompt_length`` tokens, images resized into [``min_pixels``, ``max_pixels``]; with
+    `weight_transfer` (a backend of `tiny_r1v.rollout.transfer`) it can join a weight-transfer group.
 
     The pixel bounds go to vLLM's processor as the data pipeline's: vLLM then profiles its
     memory with the largest image the data can hold rather than the checkpoint's default maximum
@@ -35,6 +40,9 @@ def build_llm(model: EngineModel, engine: EngineConfig, prompt: PromptConfig, se
         if engine.kv_cache_memory_mb is not None
         else {"gpu_memory_utilization": engine.gpu_memory_utilization}
     )
+    if weight_transfer is not None:
+        register_gloo_engine()
+        memory["weight_transfer_config"] = WeightTransferConfig(backend=weight_transfer)
     saved_environ = dict(os.environ)
     saved_set_num_threads = torch.set_num_threads
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -92,6 +100,7 @@ class RolloutEngine:
         # Validation, as verl's default: one greedy response per prompt.
         self.greedy = _params(SamplingSpec(n=1, temperature=0.0, top_p=1.0, max_tokens=sampling.max_tokens))
         self.weight_version = 0
+        self.in_transfer_group = False
 
     def generate(
         self, prompts: Sequence[Prompt], seed: int | None = None, first_slot: int = 0, greedy: bool = False
@@ -147,6 +156,22 @@ class RolloutEngine:
         were computed by the old weights, so both caches are dropped too.
         """
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items())})
+        self._drop_caches()
+        self.weight_version = version
+
+    def join_transfer(self, address: str, port: int, rank: int, world_size: int) -> None:
+        """Join a weight-transfer group as `rank` (the engine must be built with ``weight_transfer``)."""
+        init_info = {"master_address": address, "master_port": port, "rank_offset": rank, "world_size": world_size}
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+        self.in_transfer_group = True
+
+    def receive_weights(self, update_info: dict, version: int) -> None:
+        """Take the weights of `version` that the group's rank 0 broadcasts (``update_info``:
+        `tiny_r1v.rollout.transfer.update_info`), through vLLM's reload as `load_weights` does.
+        If it fails part-way, some layers are left unloaded: the engine is then unusable."""
+        self.llm.start_weight_update(is_checkpoint_format=True)
+        self.llm.update_weights({"update_info": update_info})
+        self.llm.finish_weight_update()
         self._drop_caches()
         self.weight_version = version
 

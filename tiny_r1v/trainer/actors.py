@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import ray
 import torch
@@ -21,6 +23,9 @@ from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec
 from tiny_r1v.trainer.checkpoint import log_dir
 from tiny_r1v.trainer.scoring import GroupScorer
 from tiny_r1v.trainer.weights import PackedWeights
+
+if TYPE_CHECKING:
+    from tiny_r1v.rollout.transfer import WeightSender
 
 # A crashed rollout worker is rebuilt by Ray this many times per run; the driver then hands it
 # the current weights. Learners are never restarted alone: their process group would be broken.
@@ -52,9 +57,11 @@ def rollout_sampling(cfg: TrainConfig) -> SamplingSpec:
 def build_rollout_llm(cfg: TrainConfig):  # -> vllm.LLM, imported lazily (the driver never loads vLLM)
     """The vLLM engine of a rollout worker (tests build the same one)."""
     from tiny_r1v.rollout.engine import build_llm
+    from tiny_r1v.rollout.transfer import backend_for
 
     model = EngineModel.resolve(cfg.model.path, cfg.model.dtype, cfg.trainer.device, cfg.model.trust_remote_code)
-    return build_llm(model, cfg.rollout, cfg.data, cfg.rollout.seed)
+    transfer = backend_for(resolve_device(cfg.trainer.device)) if cfg.rollout.weight_sync == "transfer_engine" else None
+    return build_llm(model, cfg.rollout, cfg.data, cfg.rollout.seed, transfer)
 
 
 class RolloutWorker:
@@ -79,6 +86,25 @@ class RolloutWorker:
         self.engine.load_weights(weights.tensors(), version)
         return {"seconds": time.perf_counter() - start, "bytes": float(weights.nbytes)}
 
+    def receive_weights(self, update_info: dict, version: int) -> dict[str, float]:
+        """Take new weights from the transfer group (see `load_weights`). A worker outside the
+        group (restarted since it formed) refuses at once; one whose receive failed part-way
+        holds an unusable engine and exits, for Ray to rebuild it."""
+        from tiny_r1v.rollout.transfer import payload_bytes
+
+        if not self.engine.in_transfer_group:
+            raise RuntimeError("this rollout worker has not joined the weight-transfer group (restarted since)")
+        start = time.perf_counter()
+        try:
+            self.engine.receive_weights(update_info, version)
+        except Exception:
+            logging.getLogger(__name__).exception("weight receive failed; exiting to be restarted")
+            os._exit(1)
+        return {"seconds": time.perf_counter() - start, "bytes": float(payload_bytes(update_info))}
+
+    def join_transfer(self, address: str, port: int, rank: int, world_size: int) -> None:
+        self.engine.join_transfer(address, port, rank, world_size)
+
     def weight_version(self) -> int:
         return self.engine.weight_version
 
@@ -90,10 +116,48 @@ class LearnerWorker(Learner):
         quiet_actor(log_dir(cfg), f"learner-{rank}", cfg.trainer.verbose)
         _use_all_cores(resolve_device(cfg.trainer.device))
         super().__init__(cfg, rank, *args, **kwargs)
+        self.sender: WeightSender | None = None  # rank 0's end of the weight-transfer group
 
     def packed_weights(self) -> PackedWeights:
-        """The full weights for the rollout workers (on rank 0; empty elsewhere)."""
-        return PackedWeights.pack(self.full_state_dict())
+        """The full weights in the model's dtype for the object store (on rank 0; empty elsewhere)."""
+        return PackedWeights.pack({name: tensor.cpu() for name, tensor in self.model_weights()})
+
+    def transfer_address(self) -> tuple[str, int]:
+        """Where a weight-transfer group led by this rank can meet (this node, a free port)."""
+        return _free_port()
+
+    def update_info(self) -> dict:
+        """What each engine is told to receive in a sync (vLLM's ``update_info``)."""
+        from tiny_r1v.rollout.transfer import update_info
+
+        return update_info(self.weight_entries(), self._bucket_bytes())
+
+    def _bucket_bytes(self) -> int:
+        return int(self.cfg.rollout.weight_bucket_mb * (1 << 20))
+
+    def join_transfer(self, address: str, port: int, world_size: int) -> None:
+        """Join a new weight-transfer group as its rank 0 (on learner rank 0 only)."""
+        from tiny_r1v.rollout.transfer import WeightSender, backend_for
+
+        if self.sender is None:
+            self.sender = WeightSender(backend_for(self.device), self._bucket_bytes())
+        self.sender.join(address, port, world_size)
+
+    def send_weights(self) -> bool:
+        """Broadcast the weights to the transfer group from rank 0 (collective: every rank takes
+        part in the gathers). False when the broadcast failed (a member died): the remaining
+        tensors are still gathered, so that the other ranks are not left waiting."""
+        tensors = self.model_weights()
+        try:
+            if self.sender is not None:
+                self.sender.send(tensors)
+            return True
+        except RuntimeError as err:
+            logging.getLogger(__name__).warning("weight broadcast failed: %s", err)
+            return False
+        finally:
+            for _ in tensors:
+                pass
 
 
 def _free_port() -> tuple[str, int]:

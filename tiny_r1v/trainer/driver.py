@@ -41,7 +41,7 @@ from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.actors import ActorGraph
 from tiny_r1v.trainer.metrics import MetricsLogger, occupancy, staleness_metrics
 from tiny_r1v.trainer.sampler import step_indices
-from tiny_r1v.trainer.weights import WeightSync, sync_metrics
+from tiny_r1v.trainer.weights import SyncCalls, WeightSync, sync_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +105,14 @@ class Driver:
         # Ray rebuilds a restarted worker from its constructor arguments, and a checkpoint
         # directory may be pruned by then. A worker on an older version is brought up to date.
         self.graph = ActorGraph(cfg, None if start is None else str(start[0]))
-        self.weights = WeightSync(self.graph.learners, self.graph.rollouts, version)
+        transfer = cfg.rollout.weight_sync == "transfer_engine"
+        self.weights = WeightSync(self.graph.learners, self.graph.rollouts, version, transfer)
         if start is not None:
             self.weights.load_all()
         # Rollouts requested ahead, by step (0-based); with k = 0 only the current one.
         self._ahead: dict[int, _Rollout] = {}
         # Weight loads sent but not waited for, oldest first (one list per sync).
-        self._loads: deque[list[ray.ObjectRef]] = deque()
+        self._loads: deque[SyncCalls] = deque()
 
     # ------------------------------------------------------------------ phases
 

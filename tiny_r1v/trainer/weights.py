@@ -1,7 +1,8 @@
-"""Weights in transit from the learners to the rollout workers: how they are packed, gathered
-once per version and loaded into every rollout worker (the one place weight transport lives).
+"""Weights in transit from the learners to the rollout workers: the driver's side of both
+transports (`WeightSync`) and the object store's packing (the transfer engine's ends are
+`tiny_r1v.rollout.transfer`).
 
-Packing: one uint8 array per tensor.
+Packing for the object store: one uint8 array per tensor.
 
 Ray's object store serialises numpy arrays out of band: `ray.put` (or an actor method's return)
 copies each array's bytes once into shared memory, and every reader gets a view of them, while a
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 logger = logging.getLogger(__name__)
 
@@ -68,19 +69,38 @@ def sync_metrics(loads: Sequence[Mapping[str, float]]) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True)
+class SyncCalls:
+    """The calls of one sync in flight: each rollout worker's load, and the learners' broadcast
+    (transfer engine only)."""
+
+    loads: list[ray.ObjectRef]
+    sends: list[ray.ObjectRef]
+
+
 class WeightSync:
-    """The driver's side of weight transport: the learners' weights of the current version,
-    gathered at most once, and loaded into rollout workers.
+    """The driver's side of weight transport: new weights from the learners into every rollout
+    worker, through Ray's object store or vLLM's weight-transfer engine
+    (`tiny_r1v.rollout.transfer`).
+
+    The object store also brings a restarted worker up to date (`catch_up`): it cannot join a
+    live transfer group, so the group is rebuilt, with every worker, before the next broadcast.
+    A broadcast that failed (a member died) rebuilds it too.
 
     Args:
-        learners: the learner actors (``packed_weights`` is collective; rank 0 returns them).
-        rollouts: the rollout worker actors (``load_weights(weights, version)``).
+        learners: the learner actors (``packed_weights`` and ``send_weights`` are collective;
+            rank 0 returns the weights and leads the transfer group).
+        rollouts: the rollout worker actors.
         version: the version the learners hold (0: the start weights, +1 per sync).
+        transfer: sync through the transfer engine (``rollout.weight_sync``).
     """
 
-    def __init__(self, learners: Sequence[Any], rollouts: Sequence[Any], version: int = 0) -> None:
+    def __init__(self, learners: Sequence[Any], rollouts: Sequence[Any], version: int = 0, transfer: bool = False):
         self.learners, self.rollouts, self.version = learners, rollouts, version
+        self.transfer = transfer
         self._ref: ray.ObjectRef | None = None
+        self._update_info: dict[str, Any] | None = None
+        self._group_ready = False
 
     def current(self) -> ray.ObjectRef:
         """The learners' weights of `version` in the object store, gathered once per version."""
@@ -90,28 +110,50 @@ class WeightSync:
             self._ref = refs[0]
         return self._ref
 
-    def advance(self) -> list[ray.ObjectRef]:
-        """The learners stepped: gather their new version and start loading it into every rollout
-        worker, each after the calls already queued on it; `collect` waits for the loads."""
+    def advance(self) -> SyncCalls:
+        """The learners stepped: start loading their new version into every rollout worker, each
+        after the calls already queued on it; `collect` waits for the loads."""
         self.version += 1
         self._ref = None
-        return self.push()
+        if not self.transfer:
+            return self.push()
+        if not self._group_ready:
+            self._connect()
+        sends = [learner.send_weights.remote() for learner in self.learners]
+        loads = [worker.receive_weights.remote(self._update_info, self.version) for worker in self.rollouts]
+        return SyncCalls(loads, sends)
 
-    def push(self) -> list[ray.ObjectRef]:
-        """Start loading the current weights into every rollout worker (one call each, in order)."""
+    def _connect(self) -> None:
+        """Form a new transfer group: learner rank 0 is rank 0, rollout worker i rank 1 + i."""
+        leader = self.learners[0]
+        address, port = ray.get(leader.transfer_address.remote())
+        world_size = 1 + len(self.rollouts)
+        joins = [leader.join_transfer.remote(address, port, world_size)]
+        joins += [w.join_transfer.remote(address, port, 1 + i, world_size) for i, w in enumerate(self.rollouts)]
+        ray.get(joins)
+        if self._update_info is None:
+            self._update_info = ray.get(leader.update_info.remote())
+        self._group_ready = True
+
+    def push(self) -> SyncCalls:
+        """Start loading the current weights into every rollout worker through the object store."""
         weights = self.current()
-        return [worker.load_weights.remote(weights, self.version) for worker in self.rollouts]
+        return SyncCalls([worker.load_weights.remote(weights, self.version) for worker in self.rollouts], [])
 
-    def collect(self, calls: Sequence[ray.ObjectRef]) -> list[dict[str, float]]:
-        """Wait for the loads `push` started; returns those that answered (see `sync_metrics`).
-        One whose worker failed meanwhile is left to Ray to restart: `catch_up` brings it up to
-        date when it next answers on an old version."""
+    def collect(self, calls: SyncCalls) -> list[dict[str, float]]:
+        """Wait for the loads `advance` or `push` started; returns those that succeeded (see
+        `sync_metrics`). A worker that failed meanwhile (or exited after a failed receive) is left
+        to Ray to restart: the driver catches it up (`catch_up`) when it answers on an old
+        version."""
+        if not all(ray.get(calls.sends)):
+            self._group_ready = False
         loads = []
-        for index, call in enumerate(calls):
+        for index, call in enumerate(calls.loads):
             try:
                 loads.append(ray.get(call))
-            except (RayActorError, ActorUnavailableError) as err:
-                logger.warning("rollout worker %d failed while loading weights (%s)", index, err)
+            except (RayActorError, ActorUnavailableError, RayTaskError) as err:
+                logger.warning("rollout worker %d failed to load weights (%s)", index, err)
+                self._group_ready = False
         return loads
 
     def load_all(self) -> None:
@@ -119,5 +161,7 @@ class WeightSync:
         self.collect(self.push())
 
     def catch_up(self, worker: Any) -> None:
-        """Load the current weights into one worker (restarted by Ray on the start weights)."""
+        """Load the current weights into one worker (restarted by Ray on the start weights)
+        through the object store."""
+        self._group_ready = False
         ray.get(worker.load_weights.remote(self.current(), self.version))
