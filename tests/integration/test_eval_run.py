@@ -2,15 +2,17 @@
 tables that match a hand count of the saved per-sample outputs, determinism, and reuse of
 finished results (no engine, files untouched) by a re-run.
 
-One evaluation run starts the actors' engines (two models, two benchmarks); the determinism check
-repeats one model on the session's shared engine; every other test reads the run's outputs or
-re-runs without an engine.
+One evaluation run (two models, two benchmarks) starts one engine actor, which loads the second
+model's weights in place after the first; the determinism check repeats one model on the
+session's shared engine and the second on a fresh engine of its own; every other test reads the
+run's outputs or re-runs without an engine.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import statistics
 from collections.abc import Sequence
@@ -39,7 +41,7 @@ BENCHMARKS = ("colours", "sums")
 OVERRIDES = [
     "device=cpu",
     "dtype=float32",
-    "max_parallel=2",
+    "max_parallel=1",
     "models=[]",
     "benchmarks=[]",
     "prompt.max_prompt_length=256",
@@ -119,9 +121,21 @@ def setup(tmp_path_factory, tiny_model_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def first_run(setup, ray_local) -> dict:
-    """The one run that starts engines: launch/eval.py's main() under the session's Ray instance."""
-    assert launcher("eval").main(setup["args"]) == 0
-    return setup
+    """The one run that starts engines: launch/eval.py's main() under the session's Ray instance;
+    its log messages are kept under "log"."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("tiny_r1v.eval")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert launcher("eval").main(setup["args"]) == 0
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return {**setup, "log": messages}
 
 
 def read_samples(out: Path, model: str, benchmark: str) -> list[dict]:
@@ -206,6 +220,24 @@ def test_greedy_outputs_repeat_on_another_engine_and_differ_across_models(first_
         assert again == [{key: s[key] for key in again[0]} for s in saved]
     responses = {m: [s["response"] for b in BENCHMARKS for s in read_samples(out, m, b)] for m in MODELS}
     assert responses["a"] != responses["b"]  # the check could tell two models apart
+
+
+def test_a_model_loaded_into_the_first_models_engine_answers_as_on_a_fresh_engine(first_run):
+    """Model `b` shares model `a`'s config and processor: the run loaded it into a's engine (one
+    engine started); a fresh engine built for `b` gives the same outputs."""
+    import ray
+
+    assert sum("starting an engine" in m for m in first_run["log"]) == 1
+    assert "loading model b into the engine of model a" in first_run["log"]
+    cfg = load_config(EvalConfig, CONFIG, OVERRIDES)
+    fresh_engine = ray.remote(ModelEvaluator).remote(cfg, str(first_run["b_model"]))  # a process of its own
+    try:
+        for benchmark in resolve_benchmarks(cfg, [str(first_run["colours"]), str(first_run["sums"])]):
+            fresh = [asdict(g) for g in ray.get(fresh_engine.generate.remote(benchmark.examples))]
+            saved = read_samples(first_run["out"], "b", benchmark.name)
+            assert fresh == [{key: s[key] for key in fresh[0]} for s in saved]
+    finally:
+        ray.kill(fresh_engine)
 
 
 def test_sampled_decoding_gives_k_seeded_samples_per_prompt_and_pass_at_k(first_run, tiny_model_dir, vllm_engine):

@@ -123,7 +123,7 @@ def test_lipo_trains_as_a_ray_job(submit, tiny_model_dir, tmp_path):
     config["model"]["path"] = str(tiny_model_dir)
     config["data"].update(train_files=[str(data)], val_files=[str(data)], task="vqa")
     config["rollout"].update(n=2, max_response_length=8)
-    config["learner"].update(global_batch_size=2, micro_batch_size=2)
+    config["learner"].update(num_workers=1, global_batch_size=2, micro_batch_size=2)  # 2 ranks: test_actor_graph
     config["trainer"].update(rollout_batch_size=2, total_steps=1, output_dir=str(tmp_path / "out"))
     config_path = tmp_path / "job.yaml"
     config_path.write_text(yaml.safe_dump(config))

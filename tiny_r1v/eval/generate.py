@@ -64,17 +64,26 @@ class ModelEvaluator:
 
     def __init__(self, cfg: EvalConfig, model_dir: str, llm: LLM | None = None) -> None:
         quiet_actor(Path(cfg.output_dir) / "logs", "engine", cfg.verbose)  # before vLLM's import prints
-        from transformers import AutoProcessor
-
         from tiny_r1v.rollout.engine import RolloutEngine
 
         self.cfg = cfg
         self.engine = RolloutEngine(llm if llm is not None else build_eval_llm(cfg, model_dir), sampling(cfg))
-        # The model's own processor: its chat template and tokenizer are part of the checkpoint.
-        self.processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+        self._serve(model_dir)
 
-    def generate(self, examples: Sequence[Example]) -> list[Generation]:
-        """k responses per example, grouped in example order."""
+    def _serve(self, model_dir: str) -> None:
+        from transformers import AutoProcessor
+
+        self.model_dir = model_dir
+        # The model's own processor: its chat template and tokenizer are part of the checkpoint.
+        self.processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=self.cfg.trust_remote_code)
+
+    def generate(self, examples: Sequence[Example], model_dir: str | None = None) -> list[Generation]:
+        """k responses per example, grouped in example order, from `model_dir` (None: the current
+        model). Another model is loaded into this engine in place first: only for one the engine
+        serves alike (equal `tiny_r1v.eval.inputs.serving_digest`)."""
+        if model_dir is not None and model_dir != self.model_dir:
+            self.engine.load_model_dir(model_dir)
+            self._serve(model_dir)
         prompts = [render_prompt(self.processor, e, self.cfg.prompt.prompt_format, e.uid) for e in examples]
         # One call per benchmark, so prompt i samples with the same seeds whichever model runs it.
         completions = self.engine.generate(prompts, seed=self.cfg.decoding.seed)

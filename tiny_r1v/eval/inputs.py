@@ -33,6 +33,8 @@ class ModelSource:
     """Absolute model directory (an actor's working directory is not the driver's)."""
     fingerprint: str
     """Identity of the directory's contents as files (see `fingerprint`)."""
+    serving: str
+    """What an engine serving it depends on besides its weights (see `serving_digest`)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,44 @@ def fingerprint(directory: Path) -> str:
     return hashlib.sha256(json.dumps([str(directory.resolve()), stats]).encode()).hexdigest()
 
 
+SERVING_FILES = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+)
+"""The files of a model directory that vLLM and the processor read, apart from the weights."""
+
+# Labels in config.json that say where and by which version it was written, not what it serves.
+_CONFIG_LABELS = ("_name_or_path", "transformers_version")
+
+
+def serving_digest(directory: Path) -> str:
+    """sha256 over `SERVING_FILES` (config.json without its labels): two model directories with
+    equal digests are served by the same engine, the weights aside, so one engine can evaluate
+    both, loading the second's weights in place."""
+    digest = hashlib.sha256()
+    for name in SERVING_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if name == "config.json":
+            config = {k: v for k, v in json.loads(data).items() if k not in _CONFIG_LABELS}
+            data = json.dumps(config, sort_keys=True).encode()
+        digest.update(f"{name}\0{len(data)}\0".encode() + data)
+    return digest.hexdigest()
+
+
 def benchmark_digest(path: Path, examples: Sequence[Example]) -> str:
     """sha256 over the file's bytes and each image file's path, size and mtime (embedded images
     are in the bytes already)."""
@@ -92,7 +132,7 @@ def resolve_models(cfg: EvalConfig, items: Sequence[str]) -> list[ModelSource]:
             directory = resolve_model_dir(Path(spec.path), spec.step, f"model {spec.name!r}")
         except CheckpointError as err:
             raise EvalError(str(err)) from None
-        sources.append(ModelSource(spec.name, directory, fingerprint(directory)))
+        sources.append(ModelSource(spec.name, directory, fingerprint(directory), serving_digest(directory)))
     return sources
 
 

@@ -163,8 +163,10 @@ Finish = Callable[[ModelSource, Benchmark, list[Generation]], None]
 
 
 def generate_on_ray(cfg: EvalConfig, jobs: Sequence[tuple[ModelSource, Sequence[Benchmark]]], finish: Finish) -> None:
-    """Generate each job's benchmarks in an actor of its own; `finish` receives each benchmark's
-    generations as they arrive (in the driver, so it may write files)."""
+    """Generate each job's benchmarks in an engine actor; `finish` receives each benchmark's
+    generations as they arrive (in the driver, so it may write files). An actor done with its
+    model takes the next queued model that it serves alike (equal `ModelSource.serving`),
+    loading its weights in place, instead of a new actor starting an engine."""
     import ray
 
     from tiny_r1v.eval.generate import ModelEvaluator
@@ -186,7 +188,8 @@ def generate_on_ray(cfg: EvalConfig, jobs: Sequence[tuple[ModelSource, Sequence[
     alive: list[Any] = []
 
     def submit(actor: Any, model: ModelSource, left: list[Benchmark]) -> None:
-        running[actor.generate.remote(shared[left[0].name])] = (actor, model, left, time.perf_counter())
+        call = actor.generate.remote(shared[left[0].name], str(model.model_dir))
+        running[call] = (actor, model, left, time.perf_counter())
 
     try:
         while queue or running:
@@ -206,8 +209,14 @@ def generate_on_ray(cfg: EvalConfig, jobs: Sequence[tuple[ModelSource, Sequence[
                 len(generations),
                 time.perf_counter() - start,
             )
+            follower = next((job for job in queue if job[0].serving == model.serving), None)
             if left[1:]:
                 submit(actor, model, left[1:])  # the engine works on while the driver scores
+            elif follower is not None:
+                # A model served alike: its weights into this engine instead of a new engine.
+                queue.remove(follower)
+                logger.info("loading model %s into the engine of model %s", follower[0].name, model.name)
+                submit(actor, *follower)
             else:
                 ray.kill(actor)
                 alive.remove(actor)

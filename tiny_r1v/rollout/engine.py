@@ -159,6 +159,12 @@ class RolloutEngine:
         self._drop_caches()
         self.weight_version = version
 
+    def load_model_dir(self, model_dir: str) -> None:
+        """Load the weights of another checkpoint of the same model in place (its safetensors
+        files, through vLLM's reload as `load_weights`)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
+        self._drop_caches()
+
     def join_transfer(self, address: str, port: int, rank: int, world_size: int) -> None:
         """Join a weight-transfer group as `rank` (the engine must be built with ``weight_transfer``)."""
         init_info = {"master_address": address, "master_port": port, "rank_offset": rank, "world_size": world_size}

@@ -13,7 +13,7 @@ from helpers import ROOT
 
 from tiny_r1v.config import ConfigError, load_config, to_dict
 from tiny_r1v.eval import EvalConfig, EvalError, cache
-from tiny_r1v.eval.inputs import benchmark_names, fingerprint, resolve_models, split_items
+from tiny_r1v.eval.inputs import benchmark_names, fingerprint, resolve_models, serving_digest, split_items
 from tiny_r1v.eval.metrics import AVERAGE, SampleRecord, Summary, average, summarize, table
 from tiny_r1v.eval.report import csv_text, json_payload, markdown, plot
 from tiny_r1v.eval.runner import parallel_slots
@@ -284,3 +284,26 @@ def test_fingerprint_follows_the_files(tmp_path):
     assert fingerprint(model) == first
     (model / "model.safetensors").write_bytes(b"0" * 9)  # rewritten weights
     assert fingerprint(model) != first
+
+
+def test_serving_digest_ignores_weights_and_labels_but_not_what_vllm_reads(tmp_path, tiny_model_dir):
+    import shutil
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(tiny_model_dir, tmp_path / name))
+
+    first = serving_digest(tiny_model_dir)
+    other = copy("other-weights")
+    (other / "model.safetensors").write_bytes(b"0" * 8)  # not read here: only the serving files
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(
+        json.dumps({**config, "_name_or_path": "/elsewhere", "transformers_version": "9"})
+    )
+    assert serving_digest(other) == first
+    wider = copy("wider")
+    (wider / "config.json").write_text(json.dumps({**config, "hidden_size": config.get("hidden_size", 0) + 8}))
+    template = copy("template")
+    (template / "tokenizer_config.json").write_text((template / "tokenizer_config.json").read_text() + " ")
+    dtype = copy("dtype")
+    (dtype / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16", "dtype": "bfloat16"}))
+    assert len({first, serving_digest(wider), serving_digest(template), serving_digest(dtype)}) == 4
