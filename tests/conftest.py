@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import pytest
 from helpers import ROOT
 
+import tiny_r1v  # noqa: F401  (its Ray setting must precede the test modules' `import ray`)
+
 # Nothing may be downloaded: a hub lookup must fail at once instead of waiting on the network.
 # Set before anything imports huggingface_hub, which reads it at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

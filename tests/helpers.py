@@ -126,9 +126,16 @@ def vllm_tensor(saved: dict, name: str):
     return saved[name]
 
 
+def llm_parameters(llm) -> dict:
+    """An in-process vLLM engine's parameters that its CPU backend keeps (it repacks linear
+    weights for its kernels and leaves those parameters empty), by vLLM name."""
+    (params,) = llm.apply_model(lambda m: {n: p.detach().clone() for n, p in m.named_parameters() if p.numel()})
+    return params
+
+
 def engine_parameters(worker) -> dict:
-    """A rollout worker actor's engine parameters that vLLM's CPU backend keeps (it repacks
-    linear weights for its kernels and leaves those parameters empty), by vLLM name."""
+    """`llm_parameters` of a rollout worker actor's engine (written out again: what runs in the
+    actor must not refer to this module, which its process cannot import)."""
     import ray
 
     def read(actor) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import ANY
@@ -21,7 +20,6 @@ from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.data import load_examples
 from tiny_r1v.protocol import Prompt
 from tiny_r1v.trainer import checkpoint
-from tiny_r1v.trainer.actors import RolloutWorker
 from tiny_r1v.trainer.checkpoint import ExistingRunError, run_dir
 from tiny_r1v.trainer.driver import Driver
 from tiny_r1v.trainer.sampler import step_indices
@@ -314,21 +312,36 @@ def test_resume_continues_without_repeating_or_losing_steps(interrupted_run):
     assert checkpoints == ["step-000002", "step-000003"]  # save_limit 2
 
 
-def test_checkpoint_loads_in_transformers_and_vllm(interrupted_run):
-    cfg, _, _, _ = interrupted_run
-    final = run_dir(cfg) / "checkpoints" / "step-000002" / "model"
+def test_checkpoint_loads_in_transformers_and_vllm(interrupted_run, vllm_engine, tiny_model_dir):
+    """The final checkpoint loads in transformers, and its weights in the session's vLLM engine
+    (served fresh by vLLM in the recipe test's evaluation)."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+    from tiny_r1v.rollout.engine import RolloutEngine
+    from tiny_r1v.trainer.actors import rollout_sampling
+
+    cfg, _, _, _ = interrupted_run
+    final = run_dir(cfg) / "checkpoints" / "step-000002" / "model"
     Qwen2_5_VLForConditionalGeneration.from_pretrained(final)
     processor = AutoProcessor.from_pretrained(final)
     text = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}],
         add_generation_prompt=True,
     )
-    worker = ray.remote(RolloutWorker).remote(replace(cfg, model=replace(cfg.model, path=str(final))))
-    completions = ray.get(worker.generate.remote([Prompt("x", text, (Image.new("RGB", (56, 56)),))], 0, 0)).completions
+    engine = RolloutEngine(vllm_engine, rollout_sampling(cfg))
+    try:
+        engine.load_model_dir(str(final))
+        completions = engine.generate([Prompt("x", text, (Image.new("RGB", (56, 56)),))], seed=0)
+        (loaded,) = vllm_engine.apply_model(
+            lambda m: {n: p.detach().clone() for n, p in m.named_parameters() if p.numel()}
+        )
+    finally:
+        engine.load_model_dir(str(tiny_model_dir))  # the session engine's own weights again
     assert len(completions) == cfg.rollout.n and all(c.token_ids for c in completions)
-    ray.kill(worker)
+    saved = load_file(final / "model.safetensors")
+    assert "language_model.lm_head.weight" in loaded
+    for name, tensor in loaded.items():
+        assert torch.equal(tensor, vllm_tensor(saved, name)), name
 
 
 # ---------------------------------------------------------------------- pipelined rollouts

@@ -11,7 +11,9 @@ On the OCR rows of a base built with the ``cells`` layout (one glyph per vision 
 2. **sensitivity**: the language model's distribution over the ten digits right after
    ``<think> I read `` (where the warm start wrote the first digit) for each validation image:
    the mean total-variation distance between the distributions of two images (0: the image is
-   ignored) and the share of images whose most likely digit is the true first digit.
+   ignored) and the share of images whose most likely digit is the true first digit; the same
+   share on as many train rows tells a model that never learnt to read (chance on both) from
+   one that learnt its train rows by heart (high on train only).
 
 Writes ``diagnose-<model>.json`` into ``--out`` and prints it.
 """
@@ -81,6 +83,12 @@ def first_digit_distributions(
     return out
 
 
+def first_digit_accuracy(distributions: Sequence[torch.Tensor], examples: Sequence[Example]) -> float:
+    """Share of examples whose most likely first digit (`first_digit_distributions`) is right."""
+    first = torch.tensor([int(e.answer[0]) for e in examples])
+    return float((torch.stack(list(distributions)).argmax(-1) == first).float().mean())
+
+
 def diagnose(base: Path, model_name: str, *, rows: int = 300, prompt_format: PromptFormat = "boxed") -> dict:
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
@@ -96,14 +104,16 @@ def diagnose(base: Path, model_name: str, *, rows: int = 300, prompt_format: Pro
     x_val, y_val = cell_features(model, processor, val)
     probe = LogisticRegression(max_iter=2000).fit(x_train.numpy(), y_train.numpy())
     dists = first_digit_distributions(model, processor, val, prompt_format)
-    first = torch.tensor([int(e.answer[0]) for e in val])
+    seen = train[: len(val)]
+    seen_dists = first_digit_distributions(model, processor, seen, prompt_format)
     return {
         "model": str(model_dir),
         "probe_train_digits": len(y_train),
         "probe_val_digits": len(y_val),
         "probe_val_accuracy": float(probe.score(x_val.numpy(), y_val.numpy())),
         "first_digit_mean_pairwise_tv": mean_pairwise_tv(dists),
-        "first_digit_accuracy": float((torch.stack(dists).argmax(-1) == first).float().mean()),
+        "first_digit_accuracy": first_digit_accuracy(dists, val),
+        "first_digit_accuracy_train": first_digit_accuracy(seen_dists, seen),
         "val_images": len(val),
     }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from vllm import LLM, SamplingParams
@@ -22,6 +23,14 @@ from tiny_r1v.config.train import EngineConfig, PromptConfig
 from tiny_r1v.protocol import Completion, Prompt
 from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec, call_seed, sample_seed
 from tiny_r1v.rollout.transfer import register_gloo_engine
+
+
+def _eager_on_cpu() -> AbstractContextManager:
+    """torch.compile off on vLLM's CPU backend. Its sampler compiles a function for batches
+    without a generator per request (the warm-up's and per_call's), which takes longer than the
+    rest of a tiny model's engine start-up; eager, the same operations draw from torch's global
+    generator, which `per_call` seeds. On GPU, compilation is left to vLLM."""
+    return torch._dynamo.config.patch(disable=True) if current_platform.is_cpu() else nullcontext()
 
 
 def build_llm(
@@ -47,23 +56,28 @@ def build_llm(
     saved_set_num_threads = torch.set_num_threads
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
-        return LLM(
-            model=model.path,
-            trust_remote_code=model.trust_remote_code,
-            dtype=str(model.dtype).removeprefix("torch."),
-            tensor_parallel_size=engine.tensor_parallel_size,
-            enforce_eager=engine.enforce_eager,
-            max_model_len=prompt.max_prompt_length + engine.max_response_length,
-            limit_mm_per_prompt={"image": engine.max_images_per_prompt, "video": 0},
-            mm_processor_kwargs={"min_pixels": prompt.min_pixels, "max_pixels": prompt.max_pixels},
-            # A prefill split across engine steps makes vLLM rewind the request's generator for
-            # the discarded sample, which a CPU generator cannot do ("CPU Generator does not use
-            # offset"): on CPU every prompt prefills in one step (vLLM then raises the step's
-            # token budget to at least the model length).
-            enable_chunked_prefill=not current_platform.is_cpu(),
-            seed=seed,
-            **memory,
-        )
+        with _eager_on_cpu():
+            return LLM(
+                model=model.path,
+                trust_remote_code=model.trust_remote_code,
+                dtype=str(model.dtype).removeprefix("torch."),
+                tensor_parallel_size=engine.tensor_parallel_size,
+                enforce_eager=engine.enforce_eager,
+                max_model_len=prompt.max_prompt_length + engine.max_response_length,
+                limit_mm_per_prompt={"image": engine.max_images_per_prompt, "video": 0},
+                mm_processor_kwargs={"min_pixels": prompt.min_pixels, "max_pixels": prompt.max_pixels},
+                # A prefill split across engine steps makes vLLM rewind the request's generator for
+                # the discarded sample, which a CPU generator cannot do ("CPU Generator does not use
+                # offset"): on CPU every prompt prefills in one step (vLLM then raises the step's
+                # token budget to at least the model length).
+                enable_chunked_prefill=not current_platform.is_cpu(),
+                # Profiling runs the vision tower on a full encoder-cache budget of the largest
+                # images to size the KV cache from the memory left; with the KV cache sized
+                # explicitly it decides nothing.
+                skip_mm_profiling=engine.kv_cache_memory_mb is not None,
+                seed=seed,
+                **memory,
+            )
     finally:
         # vLLM's CPU platform exports settings meant for worker processes it would start (an
         # LD_PRELOAD of tcmalloc and libgomp, thread pinning) and turns torch.set_num_threads
@@ -129,7 +143,8 @@ class RolloutEngine:
                 # pack the steps differently, and the noise rows follow the packing.
                 self._drop_caches()
                 self.llm.collective_rpc(_seed_torch, args=(call_seed(seed, first_slot),))
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        with _eager_on_cpu():
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
         completions = []
         for prompt, output in zip(prompts, outputs, strict=True):
             for sample in output.outputs:

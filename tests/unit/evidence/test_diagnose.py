@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_r1v.data import convert
+from tiny_r1v.data import Example, convert
 from tiny_r1v.evidence.base import split_val
-from tiny_r1v.evidence.diagnose import diagnose, mean_pairwise_tv, total_variation
+from tiny_r1v.evidence.diagnose import diagnose, first_digit_accuracy, mean_pairwise_tv, total_variation
 
 
 def test_distances_by_hand() -> None:
@@ -22,6 +22,15 @@ def test_distances_by_hand() -> None:
     assert mean_pairwise_tv([p, q, r]) == pytest.approx((0.5 + 0.0 + 0.5) / 3)
     with pytest.raises(ValueError, match="at least two"):
         mean_pairwise_tv([p])
+
+
+def test_first_digit_accuracy_by_hand() -> None:
+    rows = [
+        Example(uid=str(i), task="ocr", question="q", answer=answer, images=(), min_pixels=1, max_pixels=1)
+        for i, answer in enumerate(("31", "70", "5"))
+    ]
+    one_hot = [torch.nn.functional.one_hot(torch.tensor(d), 10).float() for d in (3, 1, 5)]
+    assert first_digit_accuracy(one_hot, rows) == pytest.approx(2 / 3)
 
 
 def test_diagnose_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -49,4 +58,5 @@ def test_diagnose_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> Non
     val_digits = sum(len(json.loads(line)["answer"]) for line in (ocr / "val.jsonl").read_text().splitlines())
     assert (report["val_images"], report["probe_val_digits"]) == (4, val_digits)
     assert 0 <= report["probe_val_accuracy"] <= 1 and 0 <= report["first_digit_accuracy"] <= 1
+    assert 0 <= report["first_digit_accuracy_train"] <= 1
     assert 0 <= report["first_digit_mean_pairwise_tv"] <= 1
