@@ -14,6 +14,9 @@ On the OCR rows of a base built with the ``cells`` layout (one glyph per vision 
    ignored) and the share of images whose most likely digit is the true first digit; the same
    share on as many train rows tells a model that never learnt to read (chance on both) from
    one that learnt its train rows by heart (high on train only).
+3. **attention**: at that same position, each layer's and head's attention mass on the image
+   tokens, and the shares of it on the first digit's cell and on the blank cells after the last
+   digit: where the model looks when it should read the first digit.
 
 Writes ``diagnose-<model>.json`` into ``--out`` and prints it.
 """
@@ -83,6 +86,35 @@ def first_digit_distributions(
     return out
 
 
+@torch.no_grad()
+def image_attention(
+    model, processor, examples: Sequence[Example], prompt_format: PromptFormat
+) -> dict[str, dict[str, float]]:
+    """Per ``layer<l>/head<h>``, means over `examples` of: the attention mass that the position
+    after `READ_PREFIX` puts on the image tokens (``image``), and the shares of that mass on the
+    first digit's cell (``first_cell``) and on the cells after the answer's last digit
+    (``blank_cells``). `model` must compute attention eagerly (other kernels return none)."""
+    sums: dict[str, dict[str, float]] = {}
+    for example in examples:
+        prompt = render_prompt(processor, example, prompt_format, example.uid)
+        batch = processor(text=[prompt.text + READ_PREFIX], images=list(prompt.images), return_tensors="pt")
+        attentions = model(**batch, output_attentions=True).attentions
+        image = (batch["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
+        for layer, attention in enumerate(attentions):
+            for head, row in enumerate(attention[0, :, -1]):
+                on_image = row[image]
+                mass = float(on_image.sum())
+                shares = {
+                    "image": mass,
+                    "first_cell": float(on_image[0]) / mass if mass else 0.0,
+                    "blank_cells": float(on_image[len(example.answer) :].sum()) / mass if mass else 0.0,
+                }
+                slot = sums.setdefault(f"layer{layer}/head{head}", dict.fromkeys(shares, 0.0))
+                for key, value in shares.items():
+                    slot[key] += value / len(examples)
+    return sums
+
+
 def first_digit_accuracy(distributions: Sequence[torch.Tensor], examples: Sequence[Example]) -> float:
     """Share of examples whose most likely first digit (`first_digit_distributions`) is right."""
     first = torch.tensor([int(e.answer[0]) for e in examples])
@@ -106,6 +138,9 @@ def diagnose(base: Path, model_name: str, *, rows: int = 300, prompt_format: Pro
     dists = first_digit_distributions(model, processor, val, prompt_format)
     seen = train[: len(val)]
     seen_dists = first_digit_distributions(model, processor, seen, prompt_format)
+    eager = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager"
+    )
     return {
         "model": str(model_dir),
         "probe_train_digits": len(y_train),
@@ -114,6 +149,7 @@ def diagnose(base: Path, model_name: str, *, rows: int = 300, prompt_format: Pro
         "first_digit_mean_pairwise_tv": mean_pairwise_tv(dists),
         "first_digit_accuracy": first_digit_accuracy(dists, val),
         "first_digit_accuracy_train": first_digit_accuracy(seen_dists, seen),
+        "image_attention": image_attention(eager, processor, val, prompt_format),
         "val_images": len(val),
     }
 

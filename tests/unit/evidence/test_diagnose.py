@@ -59,4 +59,11 @@ def test_diagnose_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> Non
     assert (report["val_images"], report["probe_val_digits"]) == (4, val_digits)
     assert 0 <= report["probe_val_accuracy"] <= 1 and 0 <= report["first_digit_accuracy"] <= 1
     assert 0 <= report["first_digit_accuracy_train"] <= 1
+    config = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]
+    layers, heads = range(config["num_hidden_layers"]), range(config["num_attention_heads"])
+    assert list(report["image_attention"]) == [f"layer{layer}/head{head}" for layer in layers for head in heads]
+    for shares in report["image_attention"].values():
+        assert 0 < shares["image"] <= 1 + 1e-6
+        assert 0 <= shares["first_cell"] and 0 <= shares["blank_cells"]
+        assert shares["first_cell"] + shares["blank_cells"] <= 1 + 1e-6  # disjoint cells
     assert 0 <= report["first_digit_mean_pairwise_tv"] <= 1
