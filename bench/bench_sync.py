@@ -34,7 +34,7 @@ from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 from tiny_r1v.config import load_config
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.models.tiny import build_tiny_model
-from tiny_r1v.rollout.transfer import GLOO_BACKEND, WeightSender, register_gloo_engine, update_info
+from tiny_r1v.rollout.transfer import GLOO_BACKEND, WeightSender, bucket_bytes, register_gloo_engine, update_info
 from tiny_r1v.trainer.actors import RolloutWorker, _free_port
 from tiny_r1v.trainer.weights import PackedWeights
 
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bucket-mb", type=float, default=1024.0, help="transfer-engine bucket size")
     args = parser.parse_args()
-    bucket = int(args.bucket_mb * (1 << 20))
+    bucket = bucket_bytes(args.bucket_mb)
     directory = Path(tempfile.mkdtemp()) / "model"
     try:
         weights = build_model(directory, args.hidden, args.layers)

@@ -209,10 +209,9 @@ def generate_on_ray(cfg: EvalConfig, jobs: Sequence[tuple[ModelSource, Sequence[
                 len(generations),
                 time.perf_counter() - start,
             )
-            follower = next((job for job in queue if job[0].serving == model.serving), None)
             if left[1:]:
                 submit(actor, model, left[1:])  # the engine works on while the driver scores
-            elif follower is not None:
+            elif (follower := next((job for job in queue if job[0].serving == model.serving), None)) is not None:
                 # A model served alike: its weights into this engine instead of a new engine.
                 queue.remove(follower)
                 logger.info("loading model %s into the engine of model %s", follower[0].name, model.name)

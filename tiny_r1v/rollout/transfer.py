@@ -45,6 +45,11 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else GLOO_BACKEND
 
 
+def bucket_bytes(mib: float) -> int:
+    """A bucket size given in MiB (``rollout.weight_bucket_mb``) in bytes."""
+    return int(mib * (1 << 20))
+
+
 def nbytes(dtype: torch.dtype, shape: Sequence[int]) -> int:
     """Bytes of a contiguous tensor of `dtype` and `shape`."""
     return torch.Size(shape).numel() * dtype.itemsize

@@ -128,19 +128,16 @@ class LearnerWorker(Learner):
 
     def update_info(self) -> dict:
         """What each engine is told to receive in a sync (vLLM's ``update_info``)."""
-        from tiny_r1v.rollout.transfer import update_info
+        from tiny_r1v.rollout.transfer import bucket_bytes, update_info
 
-        return update_info(self.weight_entries(), self._bucket_bytes())
-
-    def _bucket_bytes(self) -> int:
-        return int(self.cfg.rollout.weight_bucket_mb * (1 << 20))
+        return update_info(self.weight_entries(), bucket_bytes(self.cfg.rollout.weight_bucket_mb))
 
     def join_transfer(self, address: str, port: int, world_size: int) -> None:
         """Join a new weight-transfer group as its rank 0 (on learner rank 0 only)."""
-        from tiny_r1v.rollout.transfer import WeightSender, backend_for
+        from tiny_r1v.rollout.transfer import WeightSender, backend_for, bucket_bytes
 
         if self.sender is None:
-            self.sender = WeightSender(backend_for(self.device), self._bucket_bytes())
+            self.sender = WeightSender(backend_for(self.device), bucket_bytes(self.cfg.rollout.weight_bucket_mb))
         self.sender.join(address, port, world_size)
 
     def send_weights(self) -> bool:

@@ -111,7 +111,7 @@ class Driver:
             self.weights.load_all()
         # Rollouts requested ahead, by step (0-based); with k = 0 only the current one.
         self._ahead: dict[int, _Rollout] = {}
-        # Weight loads sent but not waited for, oldest first (one list per sync).
+        # Weight syncs sent but not waited for, oldest first.
         self._loads: deque[SyncCalls] = deque()
 
     # ------------------------------------------------------------------ phases

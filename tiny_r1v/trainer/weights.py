@@ -147,11 +147,13 @@ class WeightSync:
         version."""
         if not all(ray.get(calls.sends)):
             self._group_ready = False
+        # A worker outside the transfer group refuses a broadcast with an error of its own.
+        lost = (RayActorError, ActorUnavailableError, *((RayTaskError,) if calls.sends else ()))
         loads = []
         for index, call in enumerate(calls.loads):
             try:
                 loads.append(ray.get(call))
-            except (RayActorError, ActorUnavailableError, RayTaskError) as err:
+            except lost as err:
                 logger.warning("rollout worker %d failed to load weights (%s)", index, err)
                 self._group_ready = False
         return loads

@@ -19,6 +19,7 @@ from vllm.distributed.weight_transfer.packed_tensor import pack_tensors
 from tiny_r1v.rollout.transfer import (
     GLOO_BACKEND,
     WeightSender,
+    bucket_bytes,
     bucket_ranges,
     payload_bytes,
     register_gloo_engine,
@@ -43,6 +44,7 @@ def test_bucket_ranges_by_hand():
     # 4 + 4 crosses 6: the bucket closes after the second tensor; 8 alone crosses it again.
     assert bucket_ranges([4, 4, 8, 1, 1], 6) == [range(0, 2), range(2, 3), range(3, 5)]
     assert bucket_ranges([], 6) == []
+    assert bucket_bytes(0.0625) == 65536  # MiB, as rollout.weight_bucket_mb gives it
 
 
 def test_update_info_lists_the_tensors_in_order_and_counts_their_bytes():
