@@ -1,5 +1,6 @@
 """A merge killed (SIGKILL) after its first shards continues when run again, to the same bytes as
-a merge that was never interrupted; a changed input stops the continuation, naming it.
+a merge that was never interrupted; a changed input stops the continuation, naming it; a second
+merge into an output that a live merge is writing stops at once.
 
 Inputs: the tiny Qwen2.5-VL model as the base and two perturbed experts, merged with AMM (a few
 Adam steps) into 1 MiB shards, each merge in a subprocess of its own.
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tiny_r1v.merge.journal import JOURNAL
+from tiny_r1v.merge.lock import lock_path
 from tiny_r1v.merge.runner import PROVENANCE, REPORT, staging_path
 
 # argv: base out pause expert... ; `pause` seconds after each tensor let the test kill it midway.
@@ -70,17 +72,24 @@ def inputs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     return dirs
 
 
-def killed_after_two_shards(inputs: dict[str, Path], out: Path) -> Path:
-    process = start(inputs, out, pause=0.2)
+def after_two_shards(inputs: dict[str, Path], out: Path, pause: float = 0.2) -> subprocess.Popen:
+    """A merge slowed by `pause` seconds per tensor into `out`, returned once it has journaled two shards."""
+    process = start(inputs, out, pause)
     journal = staging_path(out) / JOURNAL
     deadline = time.monotonic() + 300
     while not (journal.is_file() and len(journal.read_text().splitlines()) >= 3):  # key + 2 shards
         assert process.poll() is None, finish(process).stderr[-3000:]
         assert time.monotonic() < deadline, "no two shards journaled in 300 s"
         time.sleep(0.05)
+    return process
+
+
+def killed_after_two_shards(inputs: dict[str, Path], out: Path) -> Path:
+    process = after_two_shards(inputs, out)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert not out.exists() and staging_path(out).is_dir()
+    # The killed merge's lock file stays; its lock went with the process.
+    assert not out.exists() and staging_path(out).is_dir() and lock_path(out).is_file()
     return staging_path(out)
 
 
@@ -126,3 +135,20 @@ def test_a_changed_input_stops_the_continuation_naming_it(inputs, tmp_path):
     assert "inputs.b.files.model.safetensors.mtime_ns: " in result.stderr
     assert f"to start over, remove {tmp} or pass restart=true" in result.stderr
     assert tmp.is_dir() and not out.exists()
+
+
+def test_a_second_merge_into_a_live_merges_output_stops(inputs, tmp_path):
+    out = tmp_path / "merged"
+    first = after_two_shards(inputs, out, pause=1.0)  # outlives the second merge's start-up
+    try:
+        second = finish(start(inputs, out, pause=0))
+        assert second.returncode != 0
+        assert f"another merge is writing {out} (pid {first.pid} on " in second.stderr
+        assert first.poll() is None  # the refused merge touched nothing of the live one
+    finally:
+        first.kill()
+        first.wait()
+    result = finish(start(inputs, out, pause=0))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / PROVENANCE).read_text())["resumed"]["shards"] >= 2
+    assert not lock_path(out).exists()

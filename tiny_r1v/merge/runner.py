@@ -33,6 +33,7 @@ from tiny_r1v.device import resolve_device
 from tiny_r1v.merge import journal
 from tiny_r1v.merge.config import MergeConfig
 from tiny_r1v.merge.errors import MergeError
+from tiny_r1v.merge.lock import exclusive
 from tiny_r1v.merge.methods import ELEMENTWISE, METHODS, mean
 from tiny_r1v.merge.plan import MergePlan, PlanItem, build_plan
 from tiny_r1v.merge.policy import Treatment
@@ -220,7 +221,8 @@ def merge(
     """Merge the experts into the base as `cfg` says (sources: see `sources.resolve`).
 
     Returns the provenance (also written to the output's `merge_provenance.json`). Raises
-    MergeError before writing anything when the inputs do not fit, and removes the temporary
+    MergeError before writing anything when another merge is writing `cfg.output`
+    (`lock.exclusive`) or the inputs do not fit, and removes the temporary
     directory when a result is not finite. Any other interruption (a kill, an error of the
     machine) leaves the temporary directory and its journal: the same merge run again continues
     from the last finished shard, to the same bytes (`journal`).
@@ -234,6 +236,7 @@ def merge(
     output = Path(cfg.output)
     tmp = staging_path(output)
     with ExitStack() as stack:
+        stack.enter_context(exclusive(output))
         with timed(seconds, "check"):
             base, experts, plan = _open(cfg, base_src, expert_srcs, stack)
         with timed(seconds, "hash"):
