@@ -9,7 +9,8 @@ writes under ``--out`` (each part skipped when it already exists):
   (the split every choice is made on: the base's settings with ``--tune``, a merge's λ), test
   splits whole;
 - ``base-model/``: the tiny factory Qwen2.5-VL (`tiny_r1v.models.tiny`);
-- ``warm-model/``: the base after a supervised warm start on the three-task mixture
+- ``read-model/`` and ``warm-model/``: the base after a supervised warm start in two stages,
+  reading (OCR rows, reading-only targets) and then the three-task mixture
   (`tiny_r1v.warmstart`): ``<think>`` reasoning that opens, for math and OCR, with what the image
   shows (the rows' ``rationale``), then 0..6 filler sentences, then ``\\boxed{}``;
 - ``checks.json`` (and ``checks-samples.jsonl``, every scored sample): three checks on held-out
@@ -83,13 +84,28 @@ class BaseConfig:
     """Text tower width of the tiny model."""
     num_layers: int = 2
     """Text tower depth of the tiny model."""
+    mrope_section: tuple[int, int, int] = (1, 1, 30)
+    """Rotary frequency pairs of the tiny model's text tower per temporal/height/width axis,
+    highest frequencies first (`tiny_r1v.models.tiny.MROPE_SECTION`). Qwen2.5-VL's (8, 12, 12)
+    leaves the width axis, along which the digit cells lie, too little resolution to tell them
+    apart, and the reading stage learns nothing; (1, 1, 30) gives it 0.42 rad per cell at the top
+    and keeps every frequency for text (docs/experiments.md)."""
     digit_width: int = 224
     digit_height: int = 28
     digit_layout: str = "cells"
     """Images of the math and ocr rows (charts keep the converter's 112x112): 224x28, eight
     28-pixel cells from the left, one glyph per cell, so each glyph is one vision token."""
-    warm_start_steps: int = 2000
-    """Supervised steps on the mixture (batch 16)."""
+    reading_steps: int = 3000
+    """Stage 1 of the warm start (``read-model/``): supervised steps (batch 16, lr
+    `reading_lr`) on the OCR train rows with reading-only targets (``<think> I read 894. so the
+    answer is 894.</think> \\boxed{894}``, no fillers), where the model learns to read its
+    cells in order; 0 skips the stage. On the mixture the same skill does not appear in as many
+    steps (docs/experiments.md)."""
+    reading_lr: float = 3e-3
+    warm_start_steps: int = 1500
+    """Stage 2 (``warm-model/``): supervised steps (batch 16, lr `warm_start_lr`) on the
+    three-task mixture with 0..6 filler sentences, from the reading stage's model."""
+    warm_start_lr: float = 1e-3
     min_pixels: int = 3136
     max_pixels: int = 12544
     """Image bounds, as configs/quickstart.yaml sets them (a 112x112 chart costs 16 tokens)."""
@@ -347,9 +363,26 @@ def _replace(path: Path, text: str) -> None:
 
 def build_base(out: Path, cfg: BaseConfig = BaseConfig()) -> dict:
     """Build whatever of the base is missing under `out`, print the checks, return their report."""
+    timings = build_models(out, cfg)
+    data, warm = out / "data", out / "warm-model"
+    checks = out / _on_split(CHECKS_FILE, cfg)
+    if checks.is_file():
+        report = json.loads(checks.read_text())
+    else:
+        examples = check_subset(_load(data, "val" if cfg.tune else "test", cfg), cfg.check_prompts, cfg.seed)
+        report = _checks(out, warm, examples, cfg)
+        report["timings"] = {**timings, **report["timings"]}
+        checks.write_text(json.dumps(report, indent=1) + "\n")
+    print(format_checks(report), flush=True)
+    return report
+
+
+def build_models(out: Path, cfg: BaseConfig) -> dict[str, float]:
+    """The testbed and the models of the base that are missing under `out` (everything but the
+    checks); returns the seconds of each part built."""
     timings: dict[str, float] = {}
     data = out / "data"
-    base, warm = out / "base-model", out / "warm-model"
+    base, read, warm = out / "base-model", out / "read-model", out / "warm-model"
     for task, kind in TESTBED_KINDS.items():
         for split in ("train", "test"):
             if not (data / task / f"{split}.jsonl").is_file():
@@ -376,35 +409,44 @@ def build_base(out: Path, cfg: BaseConfig = BaseConfig()) -> dict:
         from tiny_r1v.models.tiny import build_tiny_model
 
         print(f"base: building the tiny model in {base}", flush=True)
-        build_tiny_model(base, seed=cfg.seed, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers)
-    if not (warm / "config.json").is_file():
-        from tiny_r1v.warmstart import WarmStartConfig, warm_start
-
-        examples = _load(data, "train", cfg)
-        print(f"base: warm start on {len(examples)} rows, {cfg.warm_start_steps} steps", flush=True)
-        started = time.perf_counter()
-        warm_start(
+        build_tiny_model(
             base,
-            examples,
-            warm,
-            WarmStartConfig(
-                prompt_format=cfg.prompt_format,
-                steps=cfg.warm_start_steps,
-                seed=cfg.seed,
-                log_every=max(1, cfg.warm_start_steps // 20),
-            ),
+            seed=cfg.seed,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            mrope_section=cfg.mrope_section,
         )
-        timings["warm_start"] = round(time.perf_counter() - started, 1)
-    checks = out / _on_split(CHECKS_FILE, cfg)
-    if checks.is_file():
-        report = json.loads(checks.read_text())
-    else:
-        examples = check_subset(_load(data, "val" if cfg.tune else "test", cfg), cfg.check_prompts, cfg.seed)
-        report = _checks(out, warm, examples, cfg)
-        report["timings"] = {**timings, **report["timings"]}
-        checks.write_text(json.dumps(report, indent=1) + "\n")
-    print(format_checks(report), flush=True)
-    return report
+    if cfg.reading_steps and not (read / "config.json").is_file() and not (warm / "config.json").is_file():
+        examples = load_examples([data / "ocr" / "train.jsonl"], min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        timings["reading"] = _warm_start("reading", base, examples, read, cfg.reading_steps, cfg.reading_lr, cfg)
+    if not (warm / "config.json").is_file():
+        source = read if cfg.reading_steps else base
+        examples = _load(data, "train", cfg)
+        timings["warm_start"] = _warm_start(
+            "warm start", source, examples, warm, cfg.warm_start_steps, cfg.warm_start_lr, cfg
+        )
+    return timings
+
+
+def _warm_start(
+    stage: str, source: Path, examples: Sequence[Example], out: Path, steps: int, lr: float, cfg: BaseConfig
+) -> float:
+    """One warm-start stage from `source` into `out` (the ``reading`` stage without fillers);
+    returns its seconds."""
+    from tiny_r1v.warmstart import MAX_FILLERS, WarmStartConfig, warm_start
+
+    print(f"base: {stage} on {len(examples)} rows from {source}, {steps} steps", flush=True)
+    started = time.perf_counter()
+    settings = WarmStartConfig(
+        prompt_format=cfg.prompt_format,
+        steps=steps,
+        lr=lr,
+        max_fillers=0 if stage == "reading" else MAX_FILLERS,
+        seed=cfg.seed,
+        log_every=max(1, steps // 20),
+    )
+    warm_start(source, examples, out, settings)
+    return round(time.perf_counter() - started, 1)
 
 
 def _on_split(name: str, cfg: BaseConfig) -> str:
@@ -467,10 +509,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for key, value in asdict(defaults).items():
         if isinstance(value, bool):
             parser.add_argument(f"--{key.replace('_', '-')}", action="store_true", help="see BaseConfig." + key)
+        elif isinstance(value, tuple):
+            parser.add_argument(f"--{key.replace('_', '-')}", type=int, nargs=len(value), default=value)
         else:
             parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
-    cfg = replace(defaults, **{key: getattr(args, key) for key in asdict(defaults)})
+    cfg = replace(defaults, **{key: type(value)(getattr(args, key)) for key, value in asdict(defaults).items()})
     try:
         build_base(Path(args.out), cfg)
     except BaseDirError as err:

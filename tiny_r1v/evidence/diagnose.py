@@ -14,7 +14,10 @@ On the OCR rows of a base built with the ``cells`` layout (one glyph per vision 
    ignored) and the share of images whose most likely digit is the true first digit; the same
    share on as many train rows tells a model that never learnt to read (chance on both) from
    one that learnt its train rows by heart (high on train only).
-3. **attention**: at that same position, each layer's and head's attention mass on the image
+3. **reading**: teacher-forced, with the true reading after `READ_PREFIX`, the share of images
+   whose most likely next token is the true digit, per digit position (validation and train
+   rows): whether the model reads every cell in order, not just the first.
+4. **attention**: at that same position, each layer's and head's attention mass on the image
    tokens, and the shares of it on the first digit's cell and on the blank cells after the last
    digit: where the model looks when it should read the first digit.
 
@@ -115,6 +118,32 @@ def image_attention(
     return sums
 
 
+@torch.no_grad()
+def reading_accuracy(model, processor, examples: Sequence[Example], prompt_format: PromptFormat) -> list[float]:
+    """Per digit position ``k``: the share of the `examples` with at least ``k + 1`` answer digits
+    whose most likely token at digit ``k`` of the reading (given the true digits before it) is
+    the true digit. Digits are single tokens in the tiny tokenizer (checked)."""
+    tokenizer = processor.tokenizer
+    hits: list[int] = []
+    counts: list[int] = []
+    for example in examples:
+        ids = tokenizer.encode(example.answer, add_special_tokens=False)
+        if len(ids) != len(example.answer):
+            raise ValueError(f"{example.uid}: answer {example.answer!r} is not one token per digit")
+        prompt = render_prompt(processor, example, prompt_format, example.uid)
+        batch = processor(
+            text=[prompt.text + READ_PREFIX + example.answer], images=list(prompt.images), return_tensors="pt"
+        )
+        predicted = model(**batch).logits[0, -len(ids) - 1 : -1].argmax(-1).tolist()
+        for k, (guess, truth) in enumerate(zip(predicted, ids, strict=True)):
+            if k == len(hits):
+                hits.append(0)
+                counts.append(0)
+            hits[k] += guess == truth
+            counts[k] += 1
+    return [hit / count for hit, count in zip(hits, counts, strict=True)]
+
+
 def first_digit_accuracy(distributions: Sequence[torch.Tensor], examples: Sequence[Example]) -> float:
     """Share of examples whose most likely first digit (`first_digit_distributions`) is right."""
     first = torch.tensor([int(e.answer[0]) for e in examples])
@@ -149,6 +178,8 @@ def diagnose(base: Path, model_name: str, *, rows: int = 300, prompt_format: Pro
         "first_digit_mean_pairwise_tv": mean_pairwise_tv(dists),
         "first_digit_accuracy": first_digit_accuracy(dists, val),
         "first_digit_accuracy_train": first_digit_accuracy(seen_dists, seen),
+        "reading_accuracy": reading_accuracy(model, processor, val, prompt_format),
+        "reading_accuracy_train": reading_accuracy(model, processor, seen, prompt_format),
         "image_attention": image_attention(eager, processor, val, prompt_format),
         "val_images": len(val),
     }

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -164,7 +165,16 @@ def _processor(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor:
     )
 
 
-def _config(tokenizer: Qwen2Tokenizer, hidden: int, layers: int) -> Qwen2_5_VLConfig:
+MROPE_SECTION = (8, 12, 12)
+"""How the text tower's 32 rotary frequency pairs (head_dim 64), highest first, are split between
+the temporal, height and width position of a token (text tokens have all three equal, so for text
+the split changes nothing). Qwen2.5-VL's proportions, which leave the width axis the 12 lowest
+frequencies: at rotary base 1e6, at most ``1e6 ** (-20 / 32)``, about 2e-4 rad per vision token,
+too little for the language model to tell an image's columns apart by position (a reading task
+needs more: docs/experiments.md)."""
+
+
+def _config(tokenizer: Qwen2Tokenizer, hidden: int, layers: int, mrope_section: Sequence[int]) -> Qwen2_5_VLConfig:
     """A Qwen2.5-VL that vLLM's CPU backend accepts: about a million parameters at the default
     text tower (`hidden` 128, 2 `layers`); the vision tower is fixed.
 
@@ -187,8 +197,7 @@ def _config(tokenizer: Qwen2Tokenizer, hidden: int, layers: int) -> Qwen2_5_VLCo
             "rope_parameters": {
                 "rope_type": "default",
                 "rope_theta": 1_000_000.0,
-                # temporal/height/width rotary frequencies; they sum to head_dim / 2
-                "mrope_section": [8, 12, 12],
+                "mrope_section": list(mrope_section),
             },
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
@@ -241,14 +250,20 @@ def _suppress_tokens(model: Qwen2_5_VLForConditionalGeneration, suppressed: list
 
 
 def build_tiny_model(
-    out_dir: str | os.PathLike[str], *, seed: int = 0, hidden_size: int = 128, num_layers: int = 2
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    mrope_section: Sequence[int] = MROPE_SECTION,
 ) -> Path:
     """Write a tiny random-weight Qwen2.5-VL model directory to `out_dir` and return its path.
 
     `hidden_size` (a multiple of 128: head_dim 64, twice as many query as KV heads) and
-    `num_layers` size the text tower. Weights are float32, which the CPU learner trains in; AVX2
-    CPUs have no native bfloat16 (give vLLM `dtype="float32"`, else it downcasts). Saved as
-    safetensors; about 5 MB at the default size.
+    `num_layers` size the text tower; `mrope_section` splits its rotary frequencies between the
+    axes of a position (see `MROPE_SECTION`; it does not change the weights a seed draws). Weights
+    are float32, which the CPU learner trains in; AVX2 CPUs have no native bfloat16 (give vLLM
+    `dtype="float32"`, else it downcasts). Saved as safetensors; about 5 MB at the default size.
     """
     if hidden_size % (2 * _HEAD_DIM) or num_layers < 1:
         raise ValueError(
@@ -256,7 +271,11 @@ def build_tiny_model(
         )
     out = Path(out_dir)
     tokenizer = build_tokenizer()
-    config = _config(tokenizer, hidden_size, num_layers)
+    if len(mrope_section) != 3 or min(mrope_section) < 1 or sum(mrope_section) != _HEAD_DIM // 2:
+        raise ValueError(
+            f"need mrope_section: three positive counts summing to {_HEAD_DIM // 2}, got {list(mrope_section)}"
+        )
+    config = _config(tokenizer, hidden_size, num_layers, mrope_section)
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
@@ -281,8 +300,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights")
     parser.add_argument("--hidden-size", type=int, default=128, help="text tower width")
     parser.add_argument("--num-layers", type=int, default=2, help="text tower depth")
+    parser.add_argument(
+        "--mrope-section", type=int, nargs=3, default=MROPE_SECTION, help="text rotary pairs per t/h/w axis"
+    )
     args = parser.parse_args(argv)
-    print(build_tiny_model(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers))
+    print(
+        build_tiny_model(
+            args.out,
+            seed=args.seed,
+            hidden_size=args.hidden_size,
+            num_layers=args.num_layers,
+            mrope_section=args.mrope_section,
+        )
+    )
 
 
 if __name__ == "__main__":

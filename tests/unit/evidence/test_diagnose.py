@@ -67,3 +67,9 @@ def test_diagnose_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> Non
         assert 0 <= shares["first_cell"] and 0 <= shares["blank_cells"]
         assert shares["first_cell"] + shares["blank_cells"] <= 1 + 1e-6  # disjoint cells
     assert 0 <= report["first_digit_mean_pairwise_tv"] <= 1
+    answers = [json.loads(line)["answer"] for line in (ocr / "val.jsonl").read_text().splitlines()]
+    reading = report["reading_accuracy"]
+    assert len(reading) == max(map(len, answers))
+    for k, share in enumerate(reading):  # a share of the rows that have a digit k
+        rows = sum(len(answer) > k for answer in answers)
+        assert 0 <= share <= 1 and (share * rows) == pytest.approx(round(share * rows))

@@ -13,6 +13,7 @@ from helpers import ROOT
 from tiny_r1v.config import ConfigError, load_config
 from tiny_r1v.eval.metrics import Summary
 from tiny_r1v.evidence import recipe
+from tiny_r1v.evidence.base import BaseConfig
 from tiny_r1v.evidence.recipe_report import read_rows, summarize, write_report
 
 EXPERTS = {"math": "m", "ocr": "o"}
@@ -26,6 +27,8 @@ def test_shipped_config_loads_and_every_stage_config_checks() -> None:
     cfg = _cfg()
     recipe.check(cfg)  # every training and merge config of every seed loads
     assert [m.name for m in cfg.merges][:1] == ["task_arithmetic"] and cfg.mixture
+    # The shipped recipe builds the base the evidence docs describe: `python -m tiny_r1v.evidence.base`'s.
+    assert cfg.base == BaseConfig()
 
 
 def test_mixture_sees_every_task_and_as_many_samples_as_the_experts() -> None:

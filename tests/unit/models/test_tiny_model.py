@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import one_image_prompt
 from PIL import Image
@@ -71,3 +72,20 @@ def test_builds_are_deterministic(tmp_path: Path) -> None:
         assert (first / name).read_bytes() == (second / name).read_bytes()
     assert (first / "model.safetensors").read_bytes() != (other_seed / "model.safetensors").read_bytes()
     assert not list(first.glob("*.bin")) and not list(first.glob("*.pt"))
+
+
+def test_mrope_section_changes_the_config_only(tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    default = build_tiny_model(tmp_path / "default", seed=0)
+    other = build_tiny_model(tmp_path / "other", seed=0, mrope_section=(1, 1, 30))
+    assert AutoConfig.from_pretrained(default).text_config.rope_parameters == {
+        "rope_type": "default",
+        "rope_theta": 1_000_000.0,
+        "mrope_section": [8, 12, 12],
+    }
+    assert AutoConfig.from_pretrained(other).text_config.rope_parameters["mrope_section"] == [1, 1, 30]
+    # The split has no weights: the same seed draws the same model.
+    assert (default / "model.safetensors").read_bytes() == (other / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"mrope_section: three positive counts summing to 32, got \[0, 2, 30\]"):
+        build_tiny_model(tmp_path / "bad", mrope_section=(0, 2, 30))

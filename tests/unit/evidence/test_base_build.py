@@ -1,0 +1,51 @@
+"""The base's models: the tiny model with the configured rotary base, the reading stage on the
+OCR rows without fillers, the mixture stage from its result, each built once."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from tiny_r1v.data import convert
+from tiny_r1v.evidence.base import TESTBED_KINDS, BaseConfig, build_models
+
+TINY = BaseConfig(
+    train_rows=12, val_rows=4, reading_steps=2, warm_start_steps=2, reading_lr=2e-3, mrope_section=(2, 2, 28)
+)
+
+
+def _testbed(out: Path) -> None:
+    """A few rows per task and split (the build converts only what is missing)."""
+    for task, kind in TESTBED_KINDS.items():
+        size = [] if task == "chart" else ["--width", "224", "--height", "28", "--layout", "cells"]
+        for split, rows in (("train", TINY.train_rows), ("test", 4)):
+            convert.main([kind, "--split", split, "--out", str(out / "data" / task), "--limit", str(rows), *size])
+
+
+def _log(model: Path) -> dict:
+    return json.loads((model / "warm_start.json").read_text())
+
+
+def test_reading_then_mixture_each_built_once(tmp_path: Path) -> None:
+    _testbed(tmp_path)
+    timings = build_models(tmp_path, TINY)
+    assert set(timings) == {"reading", "warm_start"}
+    config = json.loads((tmp_path / "base-model" / "config.json").read_text())
+    assert config["text_config"]["rope_parameters"]["mrope_section"] == [2, 2, 28]
+    train_rows = TINY.train_rows - TINY.val_rows
+    reading, warm = _log(tmp_path / "read-model"), _log(tmp_path / "warm-model")
+    assert reading["source"] == str(tmp_path / "base-model") and reading["examples"] == train_rows  # OCR alone
+    assert (reading["steps"], reading["lr"], reading["max_fillers"]) == (2, TINY.reading_lr, 0)
+    assert warm["source"] == str(tmp_path / "read-model") and warm["examples"] == 3 * train_rows
+    assert (warm["steps"], warm["lr"], warm["max_fillers"]) == (2, TINY.warm_start_lr, 6)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")}
+    assert build_models(tmp_path, TINY) == {}
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")} == stamps
+
+
+def test_no_reading_stage_warms_the_tiny_model(tmp_path: Path) -> None:
+    _testbed(tmp_path)
+    assert set(build_models(tmp_path, replace(TINY, reading_steps=0))) == {"warm_start"}
+    assert _log(tmp_path / "warm-model")["source"] == str(tmp_path / "base-model")
+    assert not (tmp_path / "read-model").exists()
