@@ -63,7 +63,7 @@ MAX_FILLERS = 6
 """Default upper bound of the filler count (drawn uniformly from 0..MAX_FILLERS)."""
 
 LOG_FILE = "warm_start.json"
-"""Written into the output directory: settings, per-step losses and wall time."""
+"""Written into the output directory: settings, per-step losses and seconds, and wall time."""
 
 # Files of the source model directory that `save_pretrained` replaces or that hold weights;
 # every other top-level file (tokenizer, processor, chat template) is copied unchanged.
@@ -148,7 +148,7 @@ def warm_start(
 
     Writes a complete model directory to `out_dir` (float32 safetensors, config, and the source
     directory's tokenizer/processor files) that transformers and vLLM load, plus `LOG_FILE` with
-    the settings and the per-step losses. Returns `out_dir`.
+    the settings and the per-step losses and seconds. Returns `out_dir`.
     """
     if not examples:
         raise ValueError("warm_start needs at least one example")
@@ -166,7 +166,7 @@ def warm_start(
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 source, dtype=torch.float32, attn_implementation="sdpa"
             )
-            losses = _train(model, processor, examples, cfg)
+            losses, step_seconds = _train(model, processor, examples, cfg)
     finally:
         torch.set_num_threads(threads)
     _save(model, source, out)
@@ -176,6 +176,7 @@ def warm_start(
         **asdict(cfg),
         "seconds": round(time.perf_counter() - started, 2),
         "losses": losses,
+        "step_seconds": step_seconds,
     }
     (out / LOG_FILE).write_text(json.dumps(log, indent=1) + "\n")
     return out
@@ -186,8 +187,8 @@ def _train(
     processor: ProcessorMixin,
     examples: Sequence[Example],
     cfg: WarmStartConfig,
-) -> list[float]:
-    """The SFT loop; returns the loss of every step."""
+) -> tuple[list[float], list[float]]:
+    """The SFT loop; returns the loss and the seconds of every step."""
     rng = random.Random(cfg.seed)
     config = model.config
     image_token_id, merge_size = config.image_token_id, config.vision_config.spatial_merge_size
@@ -201,8 +202,9 @@ def _train(
     # than a training step of a tiny model.
     encoded: dict[str, EncodedPrompt] = {}
     order: list[int] = []
-    losses = []
+    losses, step_seconds = [], []
     for step in range(cfg.steps):
+        started = time.perf_counter()
         batch = []
         for _ in range(cfg.batch_size):
             if not order:
@@ -231,10 +233,11 @@ def _train(
         optimizer.step()
         schedule.step()
         losses.append(round(loss.item(), 5))
+        step_seconds.append(round(time.perf_counter() - started, 4))
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
             print(f"warm start step {step + 1}/{cfg.steps}: loss {losses[-1]:.4f}", flush=True)
     model.eval()
-    return losses
+    return losses, step_seconds
 
 
 def _lr_factor(step: int, warmup_steps: int, steps: int) -> float:

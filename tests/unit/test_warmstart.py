@@ -113,8 +113,10 @@ def test_warm_start_learns_saves_and_is_deterministic(tiny_model_dir: Path, data
         ]
     )
 
-    losses = json.loads((first / LOG_FILE).read_text())["losses"]
+    log = json.loads((first / LOG_FILE).read_text())
+    losses = log["losses"]
     assert len(losses) == 12
+    assert len(log["step_seconds"]) == 12 and 0 < sum(log["step_seconds"]) <= log["seconds"]
     assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
 
     weights = load_file(first / "model.safetensors")
