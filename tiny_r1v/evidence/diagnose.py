@@ -15,8 +15,9 @@ On the OCR rows of a base built with the ``cells`` layout (one glyph per vision 
    share on as many train rows tells a model that never learnt to read (chance on both) from
    one that learnt its train rows by heart (high on train only).
 3. **reading**: teacher-forced, with the true reading after `READ_PREFIX`, the share of images
-   whose most likely next token is the true digit, per digit position (validation and train
-   rows): whether the model reads every cell in order, not just the first.
+   whose most likely next token is the true character, per position (OCR validation and train
+   rows; the math validation rows' expressions too, when the base has them): whether the model
+   reads every cell in order, operators included, not just the first.
 4. **attention**: at that same position, each layer's and head's attention mass on the image
    tokens, and the shares of it on the first digit's cell and on the blank cells after the last
    digit: where the model looks when it should read the first digit.
@@ -120,19 +121,21 @@ def image_attention(
 
 @torch.no_grad()
 def reading_accuracy(model, processor, examples: Sequence[Example], prompt_format: PromptFormat) -> list[float]:
-    """Per digit position ``k``: the share of the `examples` with at least ``k + 1`` answer digits
-    whose most likely token at digit ``k`` of the reading (given the true digits before it) is
-    the true digit. Digits are single tokens in the tiny tokenizer (checked)."""
+    """Per character position ``k`` of the rows' readings (their ``rationale``, as the warm start
+    writes it after `READ_PREFIX`: an OCR row's digits, a math row's expression such as
+    ``7*3+2``): the share of the `examples` whose reading has a character ``k`` and whose most
+    likely token there, given the true characters before it, is that character. Every character
+    is one token in the tiny tokenizer (checked)."""
     tokenizer = processor.tokenizer
     hits: list[int] = []
     counts: list[int] = []
     for example in examples:
-        ids = tokenizer.encode(example.answer, add_special_tokens=False)
-        if len(ids) != len(example.answer):
-            raise ValueError(f"{example.uid}: answer {example.answer!r} is not one token per digit")
+        ids = tokenizer.encode(example.rationale, add_special_tokens=False)
+        if not example.rationale or len(ids) != len(example.rationale):
+            raise ValueError(f"{example.uid}: reading {example.rationale!r} is not one token per character")
         prompt = render_prompt(processor, example, prompt_format, example.uid)
         batch = processor(
-            text=[prompt.text + READ_PREFIX + example.answer], images=list(prompt.images), return_tensors="pt"
+            text=[prompt.text + READ_PREFIX + example.rationale], images=list(prompt.images), return_tensors="pt"
         )
         predicted = model(**batch).logits[0, -len(ids) - 1 : -1].argmax(-1).tolist()
         for k, (guess, truth) in enumerate(zip(predicted, ids, strict=True)):
@@ -161,6 +164,8 @@ def diagnose(base: Path, model_name: str, *, rows: int = 300, prompt_format: Pro
     bounds = {"min_pixels": defaults.min_pixels, "max_pixels": defaults.max_pixels}
     train = load_examples([base / "data" / "ocr" / "train.jsonl"], **bounds)[:rows]
     val = load_examples([base / "data" / "ocr" / "val.jsonl"], **bounds)
+    math_file = base / "data" / "math" / "val.jsonl"
+    math_val = load_examples([math_file], **bounds) if math_file.is_file() else []
     x_train, y_train = cell_features(model, processor, train)
     x_val, y_val = cell_features(model, processor, val)
     probe = LogisticRegression(max_iter=2000).fit(x_train.numpy(), y_train.numpy())
@@ -180,6 +185,7 @@ def diagnose(base: Path, model_name: str, *, rows: int = 300, prompt_format: Pro
         "first_digit_accuracy_train": first_digit_accuracy(seen_dists, seen),
         "reading_accuracy": reading_accuracy(model, processor, val, prompt_format),
         "reading_accuracy_train": reading_accuracy(model, processor, seen, prompt_format),
+        "math_reading_accuracy": reading_accuracy(model, processor, math_val, prompt_format) if math_val else None,
         "image_attention": image_attention(eager, processor, val, prompt_format),
         "val_images": len(val),
     }

@@ -53,6 +53,10 @@ def test_diagnose_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> Non
         ]
     )
     split_val(ocr, 4, seed=0)
+    math = tmp_path / "data" / "math"
+    size = ["--width", "224", "--height", "28", "--layout", "cells"]
+    convert.main(["tb-math", "--split", "train", "--limit", "6", "--out", str(math), *size])
+    split_val(math, 3, seed=0)
     shutil.copytree(tiny_model_dir, tmp_path / "warm-model")
     report = diagnose(tmp_path, "warm-model", rows=8)
     val_digits = sum(len(json.loads(line)["answer"]) for line in (ocr / "val.jsonl").read_text().splitlines())
@@ -67,9 +71,9 @@ def test_diagnose_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> Non
         assert 0 <= shares["first_cell"] and 0 <= shares["blank_cells"]
         assert shares["first_cell"] + shares["blank_cells"] <= 1 + 1e-6  # disjoint cells
     assert 0 <= report["first_digit_mean_pairwise_tv"] <= 1
-    answers = [json.loads(line)["answer"] for line in (ocr / "val.jsonl").read_text().splitlines()]
-    reading = report["reading_accuracy"]
-    assert len(reading) == max(map(len, answers))
-    for k, share in enumerate(reading):  # a share of the rows that have a digit k
-        rows = sum(len(answer) > k for answer in answers)
-        assert 0 <= share <= 1 and (share * rows) == pytest.approx(round(share * rows))
+    for task, key in (("ocr", "reading_accuracy"), ("math", "math_reading_accuracy")):
+        readings = [json.loads(line)["rationale"] for line in (tmp_path / "data" / task / "val.jsonl").open()]
+        assert len(report[key]) == max(map(len, readings))
+        for k, share in enumerate(report[key]):  # a share of the rows whose reading has a character k
+            rows = sum(len(reading) > k for reading in readings)
+            assert 0 <= share <= 1 and (share * rows) == pytest.approx(round(share * rows))
