@@ -28,8 +28,9 @@ from pathlib import Path
 from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
 from tiny_r1v.data import convert, load_examples
+from tiny_r1v.evidence.base import BaseConfig
 from tiny_r1v.models.tiny import build_tiny_model
-from tiny_r1v.warmstart import LOG_FILE, WarmStartConfig, warm_start
+from tiny_r1v.warmstart import LOG_FILE, WarmStartConfig, save_model, warm_start
 
 SMOLLM2_135M = {
     "hidden_size": 576,
@@ -40,8 +41,8 @@ SMOLLM2_135M = {
     "vocab_size": 49152,
 }
 """SmolLM2-135M's text tower (its config.json), in Qwen2.5-VL's text config keys."""
-CELLS = ("--width", "224", "--height", "28", "--layout", "cells")
-"""The base's digit images (`tiny_r1v.evidence.base.BaseConfig`)."""
+BASE = BaseConfig()
+"""The evidence base's digit images and pixel bounds."""
 EXAMPLES = 8
 """Testbed OCR rows the steps draw from (each prompt is encoded on first use)."""
 GRID_STEP_SAMPLES = 36 * 30 * 16
@@ -55,10 +56,7 @@ def smollm_shaped(tiny: Path, out: Path) -> Path:
         setattr(config.text_config, key, value)
     config.text_config.layer_types = ["full_attention"] * SMOLLM2_135M["num_hidden_layers"]
     config.vision_config.out_hidden_size = SMOLLM2_135M["hidden_size"]
-    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(out)
-    for file in tiny.iterdir():
-        if file.suffix != ".safetensors" and not (out / file.name).exists():
-            (out / file.name).write_bytes(file.read_bytes())
+    save_model(Qwen2_5_VLForConditionalGeneration(config), tiny, out)
     return out
 
 
@@ -80,8 +78,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = work / "ocr"
-        convert.main(["tb-ocr", "--split", "train", "--limit", str(EXAMPLES), "--out", str(data), *CELLS])
-        examples = load_examples([data / "train.jsonl"], min_pixels=3136, max_pixels=12544)
+        convert.main(
+            ["tb-ocr", "--split", "train", "--limit", str(EXAMPLES), "--out", str(data), *BASE.digit_image_args()]
+        )
+        examples = load_examples([data / "train.jsonl"], min_pixels=BASE.min_pixels, max_pixels=BASE.max_pixels)
         tiny = build_tiny_model(work / "tiny")
         runs = {"tiny": (tiny, 4 * args.steps), "smollm2-135m-shape": (smollm_shaped(tiny, work / "smol"), args.steps)}
         per_sample = {

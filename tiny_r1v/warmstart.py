@@ -39,7 +39,15 @@ from tiny_r1v.learner.policy import PolicyModel
 from tiny_r1v.protocol import Prompt, TrainSample
 from tiny_r1v.tasks import PROMPT_FORMATS, PromptFormat, check_prompt_format
 
-__all__ = ["FILLER_SENTENCES", "LOG_FILE", "MAX_FILLERS", "WarmStartConfig", "build_target", "warm_start"]
+__all__ = [
+    "FILLER_SENTENCES",
+    "LOG_FILE",
+    "MAX_FILLERS",
+    "WarmStartConfig",
+    "build_target",
+    "save_model",
+    "warm_start",
+]
 
 FILLER_SENTENCES: tuple[str, ...] = (
     " Let me think step by step.",
@@ -169,7 +177,7 @@ def warm_start(
             losses, step_seconds = _train(model, processor, examples, cfg)
     finally:
         torch.set_num_threads(threads)
-    _save(model, source, out)
+    save_model(model, source, out)
     log = {
         "source": str(source),
         "examples": len(examples),
@@ -248,7 +256,7 @@ def _lr_factor(step: int, warmup_steps: int, steps: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _save(model: Qwen2_5_VLForConditionalGeneration, source: Path, out: Path) -> None:
+def save_model(model: Qwen2_5_VLForConditionalGeneration, source: Path, out: Path) -> None:
     """Weights and config from `model`; tokenizer and processor files copied from `source`."""
     model.save_pretrained(out)
     for file in source.iterdir():

@@ -126,6 +126,10 @@ class BaseConfig:
     """Tuning mode: run the checks on the validation split instead of the test split, so the
     base's settings are chosen without the test split."""
 
+    def digit_image_args(self) -> list[str]:
+        """The converter options (`tiny_r1v.data.convert`) of the math and ocr rows' images."""
+        return ["--width", str(self.digit_width), "--height", str(self.digit_height), "--layout", self.digit_layout]
+
 
 # ---------------------------------------------------------------------------------------------
 # pure: figures from scored samples
@@ -389,11 +393,7 @@ def build_models(out: Path, cfg: BaseConfig) -> dict[str, float]:
                 from tiny_r1v.data import convert
 
                 limit = ["--limit", str(cfg.train_rows)] if split == "train" else []
-                size = (
-                    ["--width", str(cfg.digit_width), "--height", str(cfg.digit_height), "--layout", cfg.digit_layout]
-                    if task != "chart"
-                    else []
-                )
+                size = cfg.digit_image_args() if task != "chart" else []
                 args = [kind, "--split", split, "--out", str(data / task), "--seed", str(cfg.seed), *limit, *size]
                 started = time.perf_counter()
                 convert.main(args)
@@ -418,30 +418,31 @@ def build_models(out: Path, cfg: BaseConfig) -> dict[str, float]:
         )
     if cfg.reading_steps and not (read / "config.json").is_file() and not (warm / "config.json").is_file():
         examples = load_examples([data / "ocr" / "train.jsonl"], min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-        timings["reading"] = _warm_start("reading", base, examples, read, cfg.reading_steps, cfg.reading_lr, cfg)
+        timings["reading"] = _warm_start(base, examples, read, cfg.reading_steps, cfg.reading_lr, cfg, reading=True)
     if not (warm / "config.json").is_file():
         source = read if cfg.reading_steps else base
         examples = _load(data, "train", cfg)
         timings["warm_start"] = _warm_start(
-            "warm start", source, examples, warm, cfg.warm_start_steps, cfg.warm_start_lr, cfg
+            source, examples, warm, cfg.warm_start_steps, cfg.warm_start_lr, cfg, reading=False
         )
     return timings
 
 
 def _warm_start(
-    stage: str, source: Path, examples: Sequence[Example], out: Path, steps: int, lr: float, cfg: BaseConfig
+    source: Path, examples: Sequence[Example], out: Path, steps: int, lr: float, cfg: BaseConfig, *, reading: bool
 ) -> float:
-    """One warm-start stage from `source` into `out` (the ``reading`` stage without fillers);
+    """One warm-start stage from `source` into `out` (the `reading` stage without fillers);
     returns its seconds."""
     from tiny_r1v.warmstart import MAX_FILLERS, WarmStartConfig, warm_start
 
+    stage = "reading" if reading else "warm start"
     print(f"base: {stage} on {len(examples)} rows from {source}, {steps} steps", flush=True)
     started = time.perf_counter()
     settings = WarmStartConfig(
         prompt_format=cfg.prompt_format,
         steps=steps,
         lr=lr,
-        max_fillers=0 if stage == "reading" else MAX_FILLERS,
+        max_fillers=0 if reading else MAX_FILLERS,
         seed=cfg.seed,
         log_every=max(1, steps // 20),
     )

@@ -74,6 +74,12 @@ def cell_features(model, processor, examples: Sequence[Example]) -> tuple[torch.
     return torch.cat(features), torch.tensor(digits)
 
 
+def _reading_inputs(processor, example: Example, prompt_format: PromptFormat, reading: str = "") -> dict:
+    """The model inputs of `example`'s prompt followed by `READ_PREFIX` and `reading`."""
+    prompt = render_prompt(processor, example, prompt_format, example.uid)
+    return processor(text=[prompt.text + READ_PREFIX + reading], images=list(prompt.images), return_tensors="pt")
+
+
 @torch.no_grad()
 def first_digit_distributions(
     model, processor, examples: Sequence[Example], prompt_format: PromptFormat
@@ -83,9 +89,7 @@ def first_digit_distributions(
     digit_ids = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
     out = []
     for example in examples:
-        prompt = render_prompt(processor, example, prompt_format, example.uid)
-        batch = processor(text=[prompt.text + READ_PREFIX], images=list(prompt.images), return_tensors="pt")
-        logits = model(**batch).logits[0, -1, digit_ids]
+        logits = model(**_reading_inputs(processor, example, prompt_format)).logits[0, -1, digit_ids]
         out.append(logits.float().softmax(-1))
     return out
 
@@ -100,8 +104,7 @@ def image_attention(
     (``blank_cells``). `model` must compute attention eagerly (other kernels return none)."""
     sums: dict[str, dict[str, float]] = {}
     for example in examples:
-        prompt = render_prompt(processor, example, prompt_format, example.uid)
-        batch = processor(text=[prompt.text + READ_PREFIX], images=list(prompt.images), return_tensors="pt")
+        batch = _reading_inputs(processor, example, prompt_format)
         attentions = model(**batch, output_attentions=True).attentions
         image = (batch["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
         for layer, attention in enumerate(attentions):
@@ -133,10 +136,7 @@ def reading_accuracy(model, processor, examples: Sequence[Example], prompt_forma
         ids = tokenizer.encode(example.rationale, add_special_tokens=False)
         if not example.rationale or len(ids) != len(example.rationale):
             raise ValueError(f"{example.uid}: reading {example.rationale!r} is not one token per character")
-        prompt = render_prompt(processor, example, prompt_format, example.uid)
-        batch = processor(
-            text=[prompt.text + READ_PREFIX + example.rationale], images=list(prompt.images), return_tensors="pt"
-        )
+        batch = _reading_inputs(processor, example, prompt_format, example.rationale)
         predicted = model(**batch).logits[0, -len(ids) - 1 : -1].argmax(-1).tolist()
         for k, (guess, truth) in enumerate(zip(predicted, ids, strict=True)):
             if k == len(hits):
