@@ -1,5 +1,5 @@
 """The vocabulary shared by datasets, prompts, rewards and configs: task families and prompt
-formats (no heavy imports here: `tiny_r1v.config` must stay fast to import)."""
+formats and image positions (no heavy imports here: `tiny_r1v.config` must stay fast to import)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,15 @@ PromptFormat = Literal["boxed", "answer_tags"]
 
 PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)
 """Every `PromptFormat`."""
+
+
+ImagePosition = Literal["first", "last"]
+"""Where a prompt's images go in its user turn: ``first``, before the text (Qwen2.5-VL's and most
+datasets' order), or ``last``, after the question and instruction, right before the answer, so
+the image lies at the same distance from the answer in every task's prompt."""
+
+IMAGE_POSITIONS: tuple[str, ...] = get_args(ImagePosition)
+"""Every `ImagePosition`."""
 
 
 def check_prompt_format(prompt_format: str) -> None:

@@ -37,7 +37,7 @@ from tiny_r1v.data import Example, load_examples, render_prompt
 from tiny_r1v.learner.inputs import EncodedPrompt, collate, encode_prompt
 from tiny_r1v.learner.policy import PolicyModel
 from tiny_r1v.protocol import Prompt, TrainSample
-from tiny_r1v.tasks import PROMPT_FORMATS, PromptFormat, check_prompt_format
+from tiny_r1v.tasks import IMAGE_POSITIONS, PROMPT_FORMATS, ImagePosition, PromptFormat, check_prompt_format
 
 __all__ = [
     "FILLER_SENTENCES",
@@ -114,6 +114,8 @@ class WarmStartConfig:
 
     prompt_format: PromptFormat = "boxed"
     """Where the targets put the final answer (as the RL prompt will ask)."""
+    image_position: ImagePosition = "first"
+    """Where the prompts put the images (as RL will: ``data.image_position``)."""
     steps: int = 500
     """Optimizer steps."""
     lr: float = 1e-3
@@ -219,7 +221,7 @@ def _train(
                 order = rng.sample(range(len(examples)), len(examples))
             example = examples[order.pop()]
             if example.uid not in encoded:
-                prompt = render_prompt(processor, example, cfg.prompt_format, example.uid)
+                prompt = render_prompt(processor, example, cfg.prompt_format, example.uid, cfg.image_position)
                 encoded[example.uid] = encode_prompt(processor, prompt, image_token_id, merge_size)
             target = build_target(
                 example.answer,
@@ -277,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-fillers", type=int, default=MAX_FILLERS)
     parser.add_argument("--num-threads", type=int, default=1)
     parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="boxed")
+    parser.add_argument("--image-position", choices=IMAGE_POSITIONS, default="first")
     parser.add_argument("--min-pixels", type=int, help="default: the model's processor's bound")
     parser.add_argument("--max-pixels", type=int, help="default: the model's processor's bound")
     args = parser.parse_args(argv)
@@ -292,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     cfg = WarmStartConfig(
         prompt_format=args.prompt_format,
+        image_position=args.image_position,
         steps=args.steps,
         lr=args.lr,
         batch_size=args.batch_size,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tiny_r1v.config.loader import require, section
-from tiny_r1v.tasks import PromptFormat, Task
+from tiny_r1v.tasks import ImagePosition, PromptFormat, Task
 
 # Qwen2.5-VL: 14-pixel patches merged 2x2, so one image token per 28x28 pixels.
 PIXELS_PER_IMAGE_TOKEN = 28 * 28
@@ -41,6 +41,9 @@ class PromptConfig:
 
     prompt_format: PromptFormat = "boxed"
     """Where the final answer goes: `\\boxed{...}` or `<answer>...</answer>` (SPEC §1 switch)."""
+    image_position: ImagePosition = "first"
+    """Where the images go in the prompt: ``first``, before the text, or ``last``, right before the
+    answer (`tiny_r1v.tasks.ImagePosition`); a model is trained and evaluated with one of them."""
     max_prompt_length: int = 2048
     """Prompt length limit in tokens, image tokens included."""
     min_pixels: int = 262144

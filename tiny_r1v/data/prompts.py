@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiny_r1v.data.dataset import Example
 from tiny_r1v.protocol import Prompt
-from tiny_r1v.tasks import PromptFormat, check_prompt_format
+from tiny_r1v.tasks import IMAGE_POSITIONS, ImagePosition, PromptFormat, check_prompt_format
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin
@@ -47,23 +47,35 @@ FINAL_ANSWER: dict[str, str] = {
 """Prompt format -> where the template asks for the final answer."""
 
 
-def build_messages(example: Example, prompt_format: PromptFormat) -> list[dict[str, Any]]:
-    """One user turn: an image placeholder per image (images first, in order), then the text.
+def build_messages(
+    example: Example, prompt_format: PromptFormat, image_position: ImagePosition = "first"
+) -> list[dict[str, Any]]:
+    """One user turn: an image placeholder per image, in order, and the text; the images before
+    the text or after it (`image_position`).
 
     The placeholders carry no pixels: the caller passes `example.load_images()` to the processor
     or the rollout engine alongside the rendered prompt.
     """
     check_prompt_format(prompt_format)
+    if image_position not in IMAGE_POSITIONS:
+        raise ValueError(f"unknown image_position {image_position!r}; expected {IMAGE_POSITIONS}")
     text = TEMPLATES[example.task].format(question=example.question, final_answer=FINAL_ANSWER[prompt_format])
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in example.images]
-    content.append({"type": "text", "text": text})
+    images: list[dict[str, Any]] = [{"type": "image"} for _ in example.images]
+    texts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    content = images + texts if image_position == "first" else texts + images
     return [{"role": "user", "content": content}]
 
 
-def render_prompt(processor: ProcessorMixin, example: Example, prompt_format: PromptFormat, uid: str) -> Prompt:
+def render_prompt(
+    processor: ProcessorMixin,
+    example: Example,
+    prompt_format: PromptFormat,
+    uid: str,
+    image_position: ImagePosition = "first",
+) -> Prompt:
     """The example as the model sees it: its chat template applied to `build_messages` (with the
     generation prompt) and its images loaded and resized. `uid` labels the prompt's group."""
     text = processor.apply_chat_template(
-        build_messages(example, prompt_format), add_generation_prompt=True, tokenize=False
+        build_messages(example, prompt_format, image_position), add_generation_prompt=True, tokenize=False
     )
     return Prompt(uid=uid, text=text, images=tuple(example.load_images()))

@@ -84,7 +84,8 @@ class ModelEvaluator:
         if model_dir is not None and model_dir != self.model_dir:
             self.engine.load_model_dir(model_dir)
             self._serve(model_dir)
-        prompts = [render_prompt(self.processor, e, self.cfg.prompt.prompt_format, e.uid) for e in examples]
+        fmt, position = self.cfg.prompt.prompt_format, self.cfg.prompt.image_position
+        prompts = [render_prompt(self.processor, e, fmt, e.uid, position) for e in examples]
         # One call per benchmark, so prompt i samples with the same seeds whichever model runs it.
         completions = self.engine.generate(prompts, seed=self.cfg.decoding.seed)
         texts = decode(self.processor.tokenizer, completions)

@@ -10,9 +10,10 @@ writes under ``--out`` (each part skipped when it already exists):
   splits whole;
 - ``base-model/``: the tiny factory Qwen2.5-VL (`tiny_r1v.models.tiny`);
 - ``read-model/`` and ``warm-model/``: the base after a supervised warm start in two stages,
-  reading (OCR rows, reading-only targets) and then the three-task mixture
-  (`tiny_r1v.warmstart`): ``<think>`` reasoning that opens, for math and OCR, with what the image
-  shows (the rows' ``rationale``), then 0..6 filler sentences, then ``\\boxed{}``;
+  reading (OCR and math rows, reading-only targets) and then the three-task mixture
+  (`tiny_r1v.warmstart`), every prompt with its image last: ``<think>`` reasoning that opens,
+  for math and OCR, with what the image shows (the rows' ``rationale``), then 0..6 filler
+  sentences, then ``\\boxed{}``;
 - ``checks.json`` (and ``checks-samples.jsonl``, every scored sample): three checks on held-out
   test prompts (``--tune``: ``checks-val.json`` on the validation split, to choose settings by),
   sampled as RL samples them (temperature 1, ``n`` per prompt, fixed seed) on the real vLLM CPU
@@ -44,7 +45,7 @@ from PIL import Image
 
 from tiny_r1v.config.train import RewardConfig
 from tiny_r1v.data import Example, load_examples, render_prompt
-from tiny_r1v.tasks import PromptFormat
+from tiny_r1v.tasks import ImagePosition, PromptFormat
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin
@@ -97,11 +98,14 @@ class BaseConfig:
     28-pixel cells from the left, one glyph per cell, so each glyph is one vision token."""
     reading_steps: int = 3000
     """Stage 1 of the warm start (``read-model/``): supervised steps (batch 16, lr
-    `reading_lr`) on the OCR train rows with reading-only targets (``<think> I read 894. so the
-    answer is 894.</think> \\boxed{894}``, no fillers), where the model learns to read its
-    cells in order; 0 skips the stage. On the mixture the same skill does not appear in as many
-    steps (docs/experiments.md)."""
+    `reading_lr`) on the `reading_tasks` train rows with reading-only targets (``<think> I read
+    7*3+2. so the answer is 23.</think> \\boxed{23}``, no fillers), where the model learns to
+    read its cells in order; 0 skips the stage. On the mixture the same skill does not appear in
+    as many steps (docs/experiments.md)."""
     reading_lr: float = 3e-3
+    reading_tasks: tuple[str, ...] = ("ocr", "math")
+    """The tasks whose train rows the reading stage trains on (their readings are their
+    rationales: an OCR row's digits, a math row's expression)."""
     warm_start_steps: int = 1500
     """Stage 2 (``warm-model/``): supervised steps (batch 16, lr `warm_start_lr`) on the
     three-task mixture with 0..6 filler sentences, from the reading stage's model."""
@@ -120,6 +124,10 @@ class BaseConfig:
     sample_seed: int = 1
     """vLLM sampling seed (the blank control reuses it)."""
     prompt_format: PromptFormat = "boxed"
+    image_position: ImagePosition = "last"
+    """Where the prompts put the image: ``last``, right before the answer, so a digit cell lies
+    at the same distance from its reading in every task's prompt; the method sweep and the recipe
+    train with the same ``data.image_position`` (docs/experiments.md)."""
     val_rows: int = 64
     """Rows per task moved from the train split into the validation split (`split_val`)."""
     tune: bool = False
@@ -278,6 +286,7 @@ def sample_scored(
     max_tokens: int,
     seed: int,
     prompt_format: PromptFormat = "boxed",
+    image_position: ImagePosition = "first",
 ) -> list[ScoredSample]:
     """`n` samples per example at temperature 1 on `llm`, scored by the training rewards (the
     training scorer's path: decode, then the timeout-safe pool)."""
@@ -287,7 +296,7 @@ def sample_scored(
     from tiny_r1v.rollout.sampling import SamplingSpec
 
     engine = RolloutEngine(llm, SamplingSpec(n=n, temperature=1.0, top_p=1.0, max_tokens=max_tokens))
-    prompts = [render_prompt(processor, e, prompt_format, e.uid) for e in examples]
+    prompts = [render_prompt(processor, e, prompt_format, e.uid, image_position) for e in examples]
     completions = engine.generate(prompts, seed=seed)
     texts = decode(processor.tokenizer, completions)
     by_uid = {e.uid: e for e in examples}
@@ -317,9 +326,16 @@ def run_checks(
     max_tokens: int,
     seed: int,
     prompt_format: PromptFormat = "boxed",
+    image_position: ImagePosition = "first",
 ) -> tuple[dict, list[ScoredSample], list[ScoredSample]]:
     """The three checks on `examples`: returns the report and the real and blank samples."""
-    kwargs = {"n": n, "max_tokens": max_tokens, "seed": seed, "prompt_format": prompt_format}
+    kwargs = {
+        "n": n,
+        "max_tokens": max_tokens,
+        "seed": seed,
+        "prompt_format": prompt_format,
+        "image_position": image_position,
+    }
     real = sample_scored(llm, processor, examples, **kwargs)
     blank = sample_scored(llm, processor, [blank_example(e) for e in examples], **kwargs)
     real_figures, blank_figures = task_figures(real), task_figures(blank)
@@ -417,7 +433,7 @@ def build_models(out: Path, cfg: BaseConfig) -> dict[str, float]:
             mrope_section=cfg.mrope_section,
         )
     if cfg.reading_steps and not (read / "config.json").is_file() and not (warm / "config.json").is_file():
-        examples = load_examples([data / "ocr" / "train.jsonl"], min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        examples = _load(data, "train", cfg, cfg.reading_tasks)
         timings["reading"] = _warm_start(base, examples, read, cfg.reading_steps, cfg.reading_lr, cfg, reading=True)
     if not (warm / "config.json").is_file():
         source = read if cfg.reading_steps else base
@@ -440,6 +456,7 @@ def _warm_start(
     started = time.perf_counter()
     settings = WarmStartConfig(
         prompt_format=cfg.prompt_format,
+        image_position=cfg.image_position,
         steps=steps,
         lr=lr,
         max_fillers=0 if reading else MAX_FILLERS,
@@ -456,8 +473,8 @@ def _on_split(name: str, cfg: BaseConfig) -> str:
     return name.replace("checks", "checks-val", 1) if cfg.tune else name
 
 
-def _load(data: Path, split: str, cfg: BaseConfig) -> list[Example]:
-    files = [data / task / f"{split}.jsonl" for task in TESTBED_KINDS]
+def _load(data: Path, split: str, cfg: BaseConfig, tasks: Sequence[str] = tuple(TESTBED_KINDS)) -> list[Example]:
+    files = [data / task / f"{split}.jsonl" for task in tasks]
     return load_examples(files, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
 
 
@@ -475,6 +492,7 @@ def _checks(out: Path, warm: Path, examples: Sequence[Example], cfg: BaseConfig)
     started = time.perf_counter()
     prompt = PromptConfig(
         prompt_format=cfg.prompt_format,
+        image_position=cfg.image_position,
         max_prompt_length=cfg.max_prompt_length,
         min_pixels=cfg.min_pixels,
         max_pixels=cfg.max_pixels,
@@ -490,6 +508,7 @@ def _checks(out: Path, warm: Path, examples: Sequence[Example], cfg: BaseConfig)
             max_tokens=cfg.max_response_length,
             seed=cfg.sample_seed,
             prompt_format=cfg.prompt_format,
+            image_position=cfg.image_position,
         )
     finally:
         llm.llm_engine.engine_core.shutdown()
@@ -510,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for key, value in asdict(defaults).items():
         if isinstance(value, bool):
             parser.add_argument(f"--{key.replace('_', '-')}", action="store_true", help="see BaseConfig." + key)
+        elif isinstance(value, tuple) and isinstance(value[0], str):
+            parser.add_argument(f"--{key.replace('_', '-')}", nargs="+", choices=TESTBED_KINDS, default=value)
         elif isinstance(value, tuple):
             parser.add_argument(f"--{key.replace('_', '-')}", type=int, nargs=len(value), default=value)
         else:

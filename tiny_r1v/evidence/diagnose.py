@@ -35,9 +35,10 @@ from pathlib import Path
 
 import torch
 
+from tiny_r1v.config.train import PromptConfig
 from tiny_r1v.data import Example, load_examples, render_prompt
 from tiny_r1v.evidence.base import BaseConfig
-from tiny_r1v.tasks import PromptFormat
+from tiny_r1v.tasks import IMAGE_POSITIONS, ImagePosition
 
 READ_PREFIX = "<think> I read "
 """What the warm start writes before the first digit of a reading (`tiny_r1v.warmstart.build_target`)."""
@@ -74,37 +75,36 @@ def cell_features(model, processor, examples: Sequence[Example]) -> tuple[torch.
     return torch.cat(features), torch.tensor(digits)
 
 
-def _reading_inputs(processor, example: Example, prompt_format: PromptFormat, reading: str = "") -> dict:
-    """The model inputs of `example`'s prompt followed by `READ_PREFIX` and `reading`."""
-    prompt = render_prompt(processor, example, prompt_format, example.uid)
-    return processor(text=[prompt.text + READ_PREFIX + reading], images=list(prompt.images), return_tensors="pt")
+def _reading_inputs(processor, example: Example, prompt: PromptConfig, reading: str = "") -> dict:
+    """The model inputs of `example`'s prompt (laid out by `prompt`) followed by `READ_PREFIX`
+    and `reading`."""
+    rendered = render_prompt(processor, example, prompt.prompt_format, example.uid, prompt.image_position)
+    return processor(text=[rendered.text + READ_PREFIX + reading], images=list(rendered.images), return_tensors="pt")
 
 
 @torch.no_grad()
 def first_digit_distributions(
-    model, processor, examples: Sequence[Example], prompt_format: PromptFormat
+    model, processor, examples: Sequence[Example], prompt: PromptConfig
 ) -> list[torch.Tensor]:
     """The model's ``(10,)`` distribution over the digits after `READ_PREFIX`, per example."""
     tokenizer = processor.tokenizer
     digit_ids = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
     out = []
     for example in examples:
-        logits = model(**_reading_inputs(processor, example, prompt_format)).logits[0, -1, digit_ids]
+        logits = model(**_reading_inputs(processor, example, prompt)).logits[0, -1, digit_ids]
         out.append(logits.float().softmax(-1))
     return out
 
 
 @torch.no_grad()
-def image_attention(
-    model, processor, examples: Sequence[Example], prompt_format: PromptFormat
-) -> dict[str, dict[str, float]]:
+def image_attention(model, processor, examples: Sequence[Example], prompt: PromptConfig) -> dict[str, dict[str, float]]:
     """Per ``layer<l>/head<h>``, means over `examples` of: the attention mass that the position
     after `READ_PREFIX` puts on the image tokens (``image``), and the shares of that mass on the
     first digit's cell (``first_cell``) and on the cells after the answer's last digit
     (``blank_cells``). `model` must compute attention eagerly (other kernels return none)."""
     sums: dict[str, dict[str, float]] = {}
     for example in examples:
-        batch = _reading_inputs(processor, example, prompt_format)
+        batch = _reading_inputs(processor, example, prompt)
         attentions = model(**batch, output_attentions=True).attentions
         image = (batch["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
         for layer, attention in enumerate(attentions):
@@ -123,7 +123,7 @@ def image_attention(
 
 
 @torch.no_grad()
-def reading_accuracy(model, processor, examples: Sequence[Example], prompt_format: PromptFormat) -> list[float]:
+def reading_accuracy(model, processor, examples: Sequence[Example], prompt: PromptConfig) -> list[float]:
     """Per character position ``k`` of the rows' readings (their ``rationale``, as the warm start
     writes it after `READ_PREFIX`: an OCR row's digits, a math row's expression such as
     ``7*3+2``): the share of the `examples` whose reading has a character ``k`` and whose most
@@ -136,7 +136,7 @@ def reading_accuracy(model, processor, examples: Sequence[Example], prompt_forma
         ids = tokenizer.encode(example.rationale, add_special_tokens=False)
         if not example.rationale or len(ids) != len(example.rationale):
             raise ValueError(f"{example.uid}: reading {example.rationale!r} is not one token per character")
-        batch = _reading_inputs(processor, example, prompt_format, example.rationale)
+        batch = _reading_inputs(processor, example, prompt, example.rationale)
         predicted = model(**batch).logits[0, -len(ids) - 1 : -1].argmax(-1).tolist()
         for k, (guess, truth) in enumerate(zip(predicted, ids, strict=True)):
             if k == len(hits):
@@ -153,15 +153,22 @@ def first_digit_accuracy(distributions: Sequence[torch.Tensor], examples: Sequen
     return float((torch.stack(list(distributions)).argmax(-1) == first).float().mean())
 
 
-def diagnose(base: Path, model_name: str, *, rows: int = 300, prompt_format: PromptFormat = "boxed") -> dict:
+def diagnose(base: Path, model_name: str, *, rows: int = 300, image_position: ImagePosition | None = None) -> dict:
+    """The measures of the module docstring for ``base/model_name``, prompted as the base's
+    `BaseConfig` defaults prompt (`image_position` overrides theirs: a base built with another)."""
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     model_dir = base / model_name
     processor = AutoProcessor.from_pretrained(model_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    defaults = BaseConfig()  # the pixel bounds the base was built and checked with
+    defaults = BaseConfig()  # the prompts and pixel bounds the base was built and checked with
     bounds = {"min_pixels": defaults.min_pixels, "max_pixels": defaults.max_pixels}
+    prompt = PromptConfig(
+        prompt_format=defaults.prompt_format,
+        image_position=image_position or defaults.image_position,
+        **bounds,
+    )
     train = load_examples([base / "data" / "ocr" / "train.jsonl"], **bounds)[:rows]
     val = load_examples([base / "data" / "ocr" / "val.jsonl"], **bounds)
     math_file = base / "data" / "math" / "val.jsonl"
@@ -169,9 +176,9 @@ def diagnose(base: Path, model_name: str, *, rows: int = 300, prompt_format: Pro
     x_train, y_train = cell_features(model, processor, train)
     x_val, y_val = cell_features(model, processor, val)
     probe = LogisticRegression(max_iter=2000).fit(x_train.numpy(), y_train.numpy())
-    dists = first_digit_distributions(model, processor, val, prompt_format)
+    dists = first_digit_distributions(model, processor, val, prompt)
     seen = train[: len(val)]
-    seen_dists = first_digit_distributions(model, processor, seen, prompt_format)
+    seen_dists = first_digit_distributions(model, processor, seen, prompt)
     eager = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation="eager"
     )
@@ -183,10 +190,10 @@ def diagnose(base: Path, model_name: str, *, rows: int = 300, prompt_format: Pro
         "first_digit_mean_pairwise_tv": mean_pairwise_tv(dists),
         "first_digit_accuracy": first_digit_accuracy(dists, val),
         "first_digit_accuracy_train": first_digit_accuracy(seen_dists, seen),
-        "reading_accuracy": reading_accuracy(model, processor, val, prompt_format),
-        "reading_accuracy_train": reading_accuracy(model, processor, seen, prompt_format),
-        "math_reading_accuracy": reading_accuracy(model, processor, math_val, prompt_format) if math_val else None,
-        "image_attention": image_attention(eager, processor, val, prompt_format),
+        "reading_accuracy": reading_accuracy(model, processor, val, prompt),
+        "reading_accuracy_train": reading_accuracy(model, processor, seen, prompt),
+        "math_reading_accuracy": reading_accuracy(model, processor, math_val, prompt) if math_val else None,
+        "image_attention": image_attention(eager, processor, val, prompt),
         "val_images": len(val),
     }
 
@@ -196,8 +203,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/evidence"), help="the base directory")
     parser.add_argument("--model", default="warm-model", help="model directory inside --out")
     parser.add_argument("--rows", type=int, default=300, help="OCR train rows the probe is fitted on")
+    parser.add_argument("--image-position", choices=IMAGE_POSITIONS, help="the base's, when not BaseConfig's default")
     args = parser.parse_args(argv)
-    report = diagnose(args.out, args.model, rows=args.rows)
+    report = diagnose(args.out, args.model, rows=args.rows, image_position=args.image_position)
     (args.out / f"diagnose-{args.model}.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 

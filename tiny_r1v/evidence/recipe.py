@@ -156,6 +156,7 @@ def training_overrides(cfg: RecipeConfig, seed: int, name: str) -> list[str]:
         tasks, task, steps = [expert.task], expert.task, cfg.expert_steps
     return [
         f"model.path={json.dumps(str(warm_model(cfg)))}",
+        f"data.image_position={cfg.base.image_position}",  # the base learnt to read its images there
         *cfg.train_overrides,
         f"trainer.total_steps={steps}",
         *run_overrides(

@@ -125,9 +125,10 @@ class Driver:
     def _prompts_of(self, keyed: Sequence[tuple[str, Example]]) -> tuple[list[Prompt], dict[str, Reference]]:
         """Prompts (uid: key + the example's uid) and what their completions are scored against."""
         prompts, references = [], {}
+        data = self.cfg.data
         for key, example in keyed:
             uid = f"{key}:{example.uid}"
-            prompts.append(render_prompt(self.processor, example, self.cfg.data.prompt_format, uid))
+            prompts.append(render_prompt(self.processor, example, data.prompt_format, uid, data.image_position))
             references[uid] = Reference(task=example.task, answer=example.answer)
         return prompts, references
 

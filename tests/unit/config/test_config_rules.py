@@ -73,6 +73,7 @@ def test_quickstart_loads():
         ("data.val_files=[a.jsonl,b.parquet]", ("data", "val_files"), ("a.jsonl", "b.parquet")),
         ("learner.betas=[0.8,0.95]", ("learner", "betas"), (0.8, 0.95)),
         ("data.prompt_format=answer_tags", ("data", "prompt_format"), "answer_tags"),
+        ("data.image_position=last", ("data", "image_position"), "last"),
         ("trainer.loggers=[tensorboard]", ("trainer", "loggers"), ("tensorboard",)),
         ("trainer.loggers=[]", ("trainer", "loggers"), ()),
         ("algorithm.lipo.eta=0.5", ("algorithm", "lipo", "eta"), 0.5),
@@ -255,6 +256,7 @@ TYPE_ERRORS = [
         "data.prompt_format=xml",
         "data.prompt_format: must be one of ['boxed', 'answer_tags'], got 'xml'",
     ),
+    ("data.image_position=middle", "data.image_position: must be one of ['first', 'last'], got 'middle'"),
     ("model.dtype=fp16", "model.dtype: must be one of ['auto', 'bfloat16', 'float32'], got 'fp16'"),
     (
         "trainer.loggers=[console,wandb]",

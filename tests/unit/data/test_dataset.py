@@ -337,9 +337,10 @@ def test_load_images_resizes_within_bounds(tmp_path: Path, size: tuple[int, int]
     assert abs(width / height - size[0] / size[1]) <= size[0] / size[1] * 0.5
 
 
+@pytest.mark.parametrize("image_position", ["first", "last"])
 @pytest.mark.parametrize("prompt_format", ["boxed", "answer_tags"])
 @pytest.mark.parametrize("task", TASKS)
-def test_build_messages_shape(task: str, prompt_format: str) -> None:
+def test_build_messages_shape(task: str, prompt_format: str, image_position: str) -> None:
     example = Example(
         uid="x",
         task=task,
@@ -349,12 +350,13 @@ def test_build_messages_shape(task: str, prompt_format: str) -> None:
         min_pixels=MIN_PIXELS,
         max_pixels=MAX_PIXELS,
     )
-    messages = build_messages(example, prompt_format)  # type: ignore[arg-type]
+    messages = build_messages(example, prompt_format, image_position)  # type: ignore[arg-type]
     assert len(messages) == 1 and messages[0]["role"] == "user"
     content = messages[0]["content"]
-    assert content[:2] == [{"type": "image"}, {"type": "image"}]
-    assert len(content) == 3 and content[2]["type"] == "text"
-    text = content[2]["text"]
+    images, texts = (content[:2], content[2:]) if image_position == "first" else (content[1:], content[:1])
+    assert images == [{"type": "image"}, {"type": "image"}]
+    assert len(texts) == 1 and texts[0]["type"] == "text"
+    text = texts[0]["text"]
     assert text.startswith("Which value is largest?")
     assert "<think> </think>" in text
     if prompt_format == "boxed":
@@ -362,8 +364,8 @@ def test_build_messages_shape(task: str, prompt_format: str) -> None:
     else:
         assert "<answer> </answer>" in text and "boxed" not in text
 
-    text_only = build_messages(dataclasses.replace(example, images=()), prompt_format)  # type: ignore[arg-type]
-    assert text_only[0]["content"] == [content[2]]
+    text_only = build_messages(dataclasses.replace(example, images=()), prompt_format, image_position)  # type: ignore[arg-type]
+    assert text_only[0]["content"] == texts
 
 
 def test_templates_cover_every_task_and_formats_are_checked() -> None:
@@ -371,6 +373,28 @@ def test_templates_cover_every_task_and_formats_are_checked() -> None:
     example = Example("x", "math", "q", "a", (), MIN_PIXELS, MAX_PIXELS)
     with pytest.raises(ValueError, match="prompt_format"):
         build_messages(example, "json")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown image_position 'middle'"):
+        build_messages(example, "boxed", "middle")  # type: ignore[arg-type]
+
+
+def test_image_last_puts_the_image_equally_far_from_every_answer(tiny_model_dir: Path) -> None:
+    """With ``last`` the tokens between the image and the answer are the same for every task and
+    question (what lets one reading head serve every task); with ``first`` they are not."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+
+    def after_image(task: str, question: str, position: str) -> str:
+        example = Example("x", task, question, "1", (b"png",), MIN_PIXELS, MAX_PIXELS)
+        messages = build_messages(example, "boxed", position)  # type: ignore[arg-type]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert text.count("<|vision_end|>") == 1
+        return text.split("<|vision_end|>")[1]
+
+    pairs = [("ocr", "Transcribe the digits in the image."), ("math", "What is the value of the expression?")]
+    assert len({after_image(task, question, "last") for task, question in pairs}) == 1
+    assert after_image("ocr", "q", "last") == "<|im_end|>\n<|im_start|>assistant\n"
+    assert len({after_image(task, question, "first") for task, question in pairs}) == 2
 
 
 def test_processor_sees_the_loaded_pixels_unchanged(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -1,5 +1,5 @@
 """The base's models: the tiny model with the configured rotary base, the reading stage on the
-OCR rows without fillers, the mixture stage from its result, each built once."""
+OCR and math rows without fillers, the mixture stage from its result, each built once."""
 
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ def test_reading_then_mixture_each_built_once(tmp_path: Path) -> None:
     assert config["text_config"]["rope_parameters"]["mrope_section"] == [2, 2, 28]
     train_rows = TINY.train_rows - TINY.val_rows
     reading, warm = _log(tmp_path / "read-model"), _log(tmp_path / "warm-model")
-    assert reading["source"] == str(tmp_path / "base-model") and reading["examples"] == train_rows  # OCR alone
+    assert reading["source"] == str(tmp_path / "base-model")
+    assert reading["examples"] == len(TINY.reading_tasks) * train_rows
     assert (reading["steps"], reading["lr"], reading["max_fillers"]) == (2, TINY.reading_lr, 0)
     assert warm["source"] == str(tmp_path / "read-model") and warm["examples"] == 3 * train_rows
     assert (warm["steps"], warm["lr"], warm["max_fillers"]) == (2, TINY.warm_start_lr, 6)
+    assert reading["image_position"] == warm["image_position"] == TINY.image_position == "last"
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")}
     assert build_models(tmp_path, TINY) == {}
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")} == stamps

@@ -36,6 +36,7 @@ def test_mixture_sees_every_task_and_as_many_samples_as_the_experts() -> None:
     mixture = recipe.training_config(cfg, 7, recipe.MIXTURE)
     expert = recipe.training_config(cfg, 7, "ocr")
     assert mixture.data.task == "mixed" and mixture.trainer.total_steps == 3 * expert.trainer.total_steps
+    assert mixture.data.image_position == expert.data.image_position == cfg.base.image_position
     assert [Path(f).parent.name for f in mixture.data.train_files] == ["math", "chart", "ocr"]
     assert all(Path(f).name == "val.jsonl" for f in (*mixture.data.val_files, *expert.data.val_files))
     assert (expert.data.task, expert.data.seed, expert.rollout.seed, expert.trainer.seed) == ("ocr", 7, 7, 7)

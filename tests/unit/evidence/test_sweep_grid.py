@@ -13,6 +13,7 @@ from helpers import ROOT, launcher
 from tiny_r1v.config import ConfigError
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.evidence import sweep
+from tiny_r1v.evidence.base import BaseConfig
 from tiny_r1v.trainer.checkpoint import ExistingRunError
 
 SHIPPED = ROOT / "configs" / "sweep.yaml"
@@ -47,6 +48,7 @@ def test_shipped_sweep_is_every_method_on_math_and_lipo_grpo_on_chart_and_ocr():
     assert (dr.algorithm.adv_estimator, dr.algorithm.loss_agg_mode) == ("dr_grpo", "seq-mean-token-sum-norm")
     assert (dr.data.seed, dr.rollout.seed, dr.trainer.seed, dr.data.task) == (2, 2, 2, "math")
     assert dr.model.path == "outputs/evidence/warm-model"
+    assert dr.data.image_position == BaseConfig().image_position  # prompted as the base learnt to read
     assert Path(dr.trainer.output_dir) / dr.trainer.experiment_name == Path("outputs/sweep/math/dr_grpo/seed-2")
 
 
