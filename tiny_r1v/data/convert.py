@@ -73,7 +73,10 @@ OFFLINE_KINDS: dict[str, OfflineKind] = {
     "tb-chart": OfflineKind(
         "testbed: questions on bar charts of vega_datasets tables (chart)",
         testbed.tb_chart,
-        options=_image_size(112, 112),
+        options={
+            **_image_size(112, 112),
+            "questions": (",".join(testbed.CHART_QUESTIONS), "comma-separated kinds: most, least, value, gap"),
+        },
     ),
     "tb-ocr": OfflineKind(
         "testbed: transcribe handwritten digit strings (ocr)", testbed.tb_ocr, options=_GLYPH_OPTIONS

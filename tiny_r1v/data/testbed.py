@@ -7,8 +7,9 @@
   matplotlib's Agg canvas from a real table that ``vega_datasets`` ships locally (stocks:
   prices of five companies in one month; seattle-weather: days of each weather type in one
   month; crimea: deaths by cause in one month of the Crimean War), with questions on the
-  largest and smallest bar, the value of a bar and the gap between the largest and smallest;
-  numeric answers are the values as labelled on the bars, graded by the relaxed (5%) match.
+  largest and smallest bar, the value of a bar and the gap between the largest and smallest
+  (``--questions`` keeps some kinds: `CHART_QUESTIONS`); numeric answers are the values as
+  labelled on the bars, graded by the relaxed (5%) match.
 - `tb_ocr` (task ``ocr``): transcribe a string of 3 to 6 handwritten scikit-learn digits; graded
   by ``1 - NED``.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -372,26 +373,48 @@ def chart_split(split: str) -> list[Chart]:
     ]
 
 
-def _questions(chart: Chart) -> list[ChartQuestion]:
-    """Largest and smallest bar (only when unique), each bar's value, and the gap."""
+CHART_QUESTIONS = ("most", "least", "value", "gap")
+"""Kinds of chart question: the label of the largest bar and of the smallest (each only when
+unique), each bar's value, and the gap between the largest and the smallest value."""
+
+
+def _questions(chart: Chart, kinds: Sequence[str] = CHART_QUESTIONS) -> list[ChartQuestion]:
+    """The chart's questions of `kinds`; each keeps the uid it has among all kinds."""
     table = CHART_TABLES[chart.table]
     numbers = [float(value) for value in chart.values]
     top, bottom = max(numbers), min(numbers)
-    asked: list[tuple[str, str]] = []
+    asked: list[tuple[str, str, str]] = []
     if numbers.count(top) == 1:
-        asked.append((table.most, chart.labels[numbers.index(top)]))
+        asked.append(("most", table.most, chart.labels[numbers.index(top)]))
     if numbers.count(bottom) == 1:
-        asked.append((table.least, chart.labels[numbers.index(bottom)]))
-    asked += [(table.value.format(label=label), value) for label, value in zip(chart.labels, chart.values, strict=True)]
+        asked.append(("least", table.least, chart.labels[numbers.index(bottom)]))
+    for label, value in zip(chart.labels, chart.values, strict=True):
+        asked.append(("value", table.value.format(label=label), value))
     if top > bottom:
-        asked.append((table.gap, _number(top - bottom)))
+        asked.append(("gap", table.gap, _number(top - bottom)))
     prefix = f"{chart.table}-{chart.key}"
-    return [ChartQuestion(f"{prefix}-{n}", chart, question, answer) for n, (question, answer) in enumerate(asked)]
+    return [
+        ChartQuestion(f"{prefix}-{n}", chart, question, answer)
+        for n, (kind, question, answer) in enumerate(asked)
+        if kind in kinds
+    ]
 
 
-def chart_items(split: str, limit: int | None, seed: int) -> list[ChartQuestion]:
-    """`limit` of the (chart, question) pairs of `split` drawn with `seed`, in source order."""
-    questions = [question for chart in chart_split(split) for question in _questions(chart)]
+def chart_kinds(questions: str) -> tuple[str, ...]:
+    """The kinds of a comma-separated ``--questions`` value, checked against `CHART_QUESTIONS`."""
+    kinds = tuple(kind.strip() for kind in questions.split(","))
+    unknown = [kind for kind in kinds if kind not in CHART_QUESTIONS]
+    if unknown or not kinds:
+        raise ConvertError(f"--questions {questions!r}: expected kinds among {', '.join(CHART_QUESTIONS)}")
+    return kinds
+
+
+def chart_items(
+    split: str, limit: int | None, seed: int, kinds: Sequence[str] = CHART_QUESTIONS
+) -> list[ChartQuestion]:
+    """`limit` of the (chart, question) pairs of `split` (questions of `kinds`) drawn with
+    `seed`, in source order."""
+    questions = [question for chart in chart_split(split) for question in _questions(chart, kinds)]
     return [questions[i] for i in sample_indices(len(questions), limit, seed)]
 
 
@@ -428,10 +451,13 @@ def render_chart(chart: Chart, width: int, height: int) -> Image.Image:
     return image
 
 
-def tb_chart(writer: DatasetWriter, *, split: str, limit: int | None, seed: int, width: int, height: int) -> None:
-    """Questions on bar charts of vega_datasets tables (task ``chart``); see `chart_items`."""
+def tb_chart(
+    writer: DatasetWriter, *, split: str, limit: int | None, seed: int, width: int, height: int, questions: str
+) -> None:
+    """Questions on bar charts of vega_datasets tables (task ``chart``), of the comma-separated
+    kinds `questions`; see `chart_items`."""
     images: dict[Chart, str] = {}  # each chart rendered and stored once; its questions share it
-    for item in chart_items(split, limit, seed):
+    for item in chart_items(split, limit, seed, chart_kinds(questions)):
         if item.chart not in images:
             name = f"{item.chart.table}-{item.chart.key}"
             images[item.chart] = writer.image(name, render_chart(item.chart, width, height))

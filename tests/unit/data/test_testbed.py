@@ -173,3 +173,22 @@ def test_chart_answers_come_from_the_table() -> None:
             assert abs(float(question.answer) - price) <= 0.01 * price
         elif question.question == "Which stock has the highest price?":
             assert question.answer == rows.loc[rows["price"].idxmax(), "symbol"]
+
+
+def test_chart_question_kinds_keep_their_ids() -> None:
+    every = tb.chart_items("test", None, 0)
+    kept = tb.chart_items("test", None, 0, ("most", "least"))
+    asks = {"Which stock has the highest price?", "Which stock has the lowest price?"}
+    stocks = [q for q in kept if q.chart.table == "stocks"]
+    assert stocks and {q.question for q in stocks} <= asks
+    by_uid = {q.uid: q for q in every}
+    assert all(by_uid[q.uid] == q for q in kept)  # the same question under the same id
+    assert len(kept) < len(every)
+
+
+def test_unknown_chart_question_kind_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["tb-chart", "--out", str(tmp_path), "--limit", "3", "--questions", "most,median"])
+    assert info.value.code == 2
+    assert "--questions 'most,median': expected kinds among most, least, value, gap" in capsys.readouterr().err
+    assert not (tmp_path / "train.jsonl").exists()

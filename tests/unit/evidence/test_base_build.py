@@ -18,9 +18,9 @@ TINY = BaseConfig(
 def _testbed(out: Path) -> None:
     """A few rows per task and split (the build converts only what is missing)."""
     for task, kind in TESTBED_KINDS.items():
-        size = [] if task == "chart" else TINY.digit_image_args()
+        options = TINY.converter_args(task)
         for split, rows in (("train", TINY.train_rows), ("test", 4)):
-            convert.main([kind, "--split", split, "--out", str(out / "data" / task), "--limit", str(rows), *size])
+            convert.main([kind, "--split", split, "--out", str(out / "data" / task), "--limit", str(rows), *options])
 
 
 def _log(model: Path) -> dict:
