@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tiny_r1v.config.loader import ConfigError, labelled, load_config, require, section
+from tiny_r1v.config.loader import ConfigError, labelled, load_config, require, section, to_dict
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.evidence.sweep_report import RunRecord, Status
 from tiny_r1v.tasks import Task
@@ -266,6 +266,45 @@ def collect(sweep: SweepConfig) -> list[RunRecord]:
         text = error.read_text() if status == "failed" else None
         records.append(RunRecord(run.task, run.method, run.seed, status, rows, text))
     return records
+
+
+IGNORED_KEYS = ("trainer.verbose",)
+"""Training keys a run may change between invocations of the grid (they change no result)."""
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        flat.update(_flat(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def changed_runs(sweep: SweepConfig) -> list[str]:
+    """One line per run directory of the grid whose ``config.yaml`` (written when the run
+    started) is not the config the grid makes for it now, naming each key that differs: such a
+    run was trained for another grid (another base, method or code), so neither skipping it as
+    finished, nor resuming it, nor reporting it would be honest. A stored config is read with
+    today's defaults filled in, so keys added since it was written count only when set otherwise."""
+    lines = []
+    for run in plan(sweep):
+        stored_file = run_dir(sweep, run) / "config.yaml"
+        if not stored_file.is_file():
+            continue
+        try:
+            stored = _flat(to_dict(load_config(TrainConfig, stored_file)))
+        except ConfigError as err:
+            lines.append(f"{stored_file}: cannot be read as a training config: {err}")
+            continue
+        planned = _flat(to_dict(train_config(sweep, run)))
+        differ = [
+            f"{key} {stored.get(key)!r} -> {planned.get(key)!r}"
+            for key in sorted(stored.keys() | planned.keys())
+            if key not in IGNORED_KEYS and stored.get(key) != planned.get(key)
+        ]
+        if differ:
+            lines.append(f"{stored_file}: made by another grid ({'; '.join(differ)}); use another output_dir")
+    return lines
 
 
 def missing_inputs(configs: Sequence[TrainConfig]) -> list[str]:
