@@ -100,7 +100,7 @@ class BaseConfig:
     """Kinds of chart question (`tiny_r1v.data.testbed.CHART_QUESTIONS`): the largest and the
     smallest bar's label. A bar's value and the gap need its printed digits, a few pixels tall at
     112x112, which the tiny model does not read (docs/experiments.md)."""
-    reading_steps: int = 3000
+    reading_steps: int = 4500
     """Stage 1 of the warm start (``read-model/``): supervised steps (batch 16, lr
     `reading_lr`) on the `reading_tasks` train rows with reading-only targets (``<think> I read
     7*3+2. so the answer is 23.</think> \\boxed{23}``, no fillers), where the model learns to
