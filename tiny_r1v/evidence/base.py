@@ -110,7 +110,7 @@ class BaseConfig:
     reading_tasks: tuple[str, ...] = ("ocr", "math")
     """The tasks whose train rows the reading stage trains on (their readings are their
     rationales: an OCR row's digits, a math row's expression)."""
-    warm_start_steps: int = 1500
+    warm_start_steps: int = 3000
     """Stage 2 (``warm-model/``): supervised steps (batch 16, lr `warm_start_lr`) on the
     three-task mixture with 0..6 filler sentences, from the reading stage's model."""
     warm_start_lr: float = 1e-3

@@ -39,19 +39,19 @@ def small(tmp_path: Path, **extra) -> sweep.SweepConfig:
     return sweep.load_sweep(path)
 
 
-def test_shipped_sweep_is_every_method_on_math_and_lipo_grpo_on_chart_and_ocr():
+def test_shipped_sweep_is_every_method_on_ocr_and_lipo_grpo_on_chart_and_math():
     cfg = sweep.load_sweep(SHIPPED)  # validates although the model and data are not built here
     runs = sweep.plan(cfg)
     assert len(runs) == len(set(runs)) == 8 * 3 + 2 * 2 * 3
-    assert Counter(r.task for r in runs) == {"math": 24, "chart": 6, "ocr": 6}
-    assert {r.method for r in runs if r.task != "math"} == {"lipo", "grpo"}
+    assert Counter(r.task for r in runs) == {"ocr": 24, "chart": 6, "math": 6}
+    assert {r.method for r in runs if r.task != "ocr"} == {"lipo", "grpo"}
     assert {r.seed for r in runs} == {1, 2, 3}
-    dr = sweep.train_config(cfg, sweep.Run("math", "dr_grpo", 2))
+    dr = sweep.train_config(cfg, sweep.Run("ocr", "dr_grpo", 2))
     assert (dr.algorithm.adv_estimator, dr.algorithm.loss_agg_mode) == ("dr_grpo", "seq-mean-token-sum-norm")
-    assert (dr.data.seed, dr.rollout.seed, dr.trainer.seed, dr.data.task) == (2, 2, 2, "math")
+    assert (dr.data.seed, dr.rollout.seed, dr.trainer.seed, dr.data.task) == (2, 2, 2, "ocr")
     assert dr.model.path == "outputs/evidence/warm-model"
     assert dr.data.image_position == BaseConfig().image_position  # prompted as the base learnt to read
-    assert Path(dr.trainer.output_dir) / dr.trainer.experiment_name == Path("outputs/sweep/math/dr_grpo/seed-2")
+    assert Path(dr.trainer.output_dir) / dr.trainer.experiment_name == Path("outputs/sweep/ocr/dr_grpo/seed-2")
 
 
 def test_shipped_sweep_documents_every_key():
