@@ -403,8 +403,7 @@ def _questions(chart: Chart, kinds: Sequence[str] = CHART_QUESTIONS) -> list[Cha
 def chart_kinds(questions: str) -> tuple[str, ...]:
     """The kinds of a comma-separated ``--questions`` value, checked against `CHART_QUESTIONS`."""
     kinds = tuple(kind.strip() for kind in questions.split(","))
-    unknown = [kind for kind in kinds if kind not in CHART_QUESTIONS]
-    if unknown or not kinds:
+    if any(kind not in CHART_QUESTIONS for kind in kinds):
         raise ConvertError(f"--questions {questions!r}: expected kinds among {', '.join(CHART_QUESTIONS)}")
     return kinds
 
