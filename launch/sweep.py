@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = [sweep.train_config(cfg, run) for run in runs]
         if not args.report_only and (missing := sweep.missing_inputs(configs)):
             raise ConfigError(*(("", line) for line in missing))
-        if changed := sweep.changed_runs(cfg):
+        if changed := sweep.changed_runs(configs):
             raise ConfigError(*(("", line) for line in changed))
     except ConfigError as err:
         print(f"{args.config}: {err}", file=sys.stderr)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tiny_r1v.config.train import PromptConfig
 from tiny_r1v.data import convert, load_examples
 from tiny_r1v.evidence.base import (
     BLANK_GAP,
@@ -77,7 +78,10 @@ def test_checks_on_the_tiny_model_recount(tmp_path: Path, tiny_model_dir: Path, 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     n, max_tokens = 3, 6
 
-    report, real, blank = run_checks(vllm_engine, processor, examples, n=n, max_tokens=max_tokens, seed=1)
+    prompt = PromptConfig()  # images first, boxed answers
+    report, real, blank = run_checks(
+        vllm_engine, processor, examples, n=n, max_tokens=max_tokens, seed=1, prompt=prompt
+    )
 
     answers = {e.uid: (e.task, e.answer) for e in examples}
     for control, samples in (("real", real), ("blank", blank)):

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from tiny_r1v.config.train import RewardConfig
+from tiny_r1v.config.train import PromptConfig, RewardConfig
 from tiny_r1v.data import Example, load_examples, render_prompt
 from tiny_r1v.tasks import ImagePosition, PromptFormat
 
@@ -293,24 +293,24 @@ def sample_scored(
     n: int,
     max_tokens: int,
     seed: int,
-    prompt_format: PromptFormat = "boxed",
-    image_position: ImagePosition = "first",
+    prompt: PromptConfig,
 ) -> list[ScoredSample]:
-    """`n` samples per example at temperature 1 on `llm`, scored by the training rewards (the
-    training scorer's path: decode, then the timeout-safe pool)."""
+    """`n` samples per example at temperature 1 on `llm`, prompted as `prompt` says (its format
+    and image position), scored by the training rewards (the training scorer's path: decode,
+    then the timeout-safe pool)."""
     from tiny_r1v.rewards import ScorerPool
     from tiny_r1v.rewards.completions import Reference, decode, score_texts
     from tiny_r1v.rollout.engine import RolloutEngine
     from tiny_r1v.rollout.sampling import SamplingSpec
 
     engine = RolloutEngine(llm, SamplingSpec(n=n, temperature=1.0, top_p=1.0, max_tokens=max_tokens))
-    prompts = [render_prompt(processor, e, prompt_format, e.uid, image_position) for e in examples]
+    prompts = [render_prompt(processor, e, prompt.prompt_format, e.uid, prompt.image_position) for e in examples]
     completions = engine.generate(prompts, seed=seed)
     texts = decode(processor.tokenizer, completions)
     by_uid = {e.uid: e for e in examples}
     references = [Reference(task=by_uid[c.uid].task, answer=by_uid[c.uid].answer) for c in completions]
     with ScorerPool(RewardConfig().num_workers, RewardConfig().timeout_s) as pool:
-        scores = score_texts(pool, texts, references, prompt_format, RewardConfig().format_weight)
+        scores = score_texts(pool, texts, references, prompt.prompt_format, RewardConfig().format_weight)
     return [
         ScoredSample(
             uid=c.uid,
@@ -333,17 +333,10 @@ def run_checks(
     n: int,
     max_tokens: int,
     seed: int,
-    prompt_format: PromptFormat = "boxed",
-    image_position: ImagePosition = "first",
+    prompt: PromptConfig,
 ) -> tuple[dict, list[ScoredSample], list[ScoredSample]]:
     """The three checks on `examples`: returns the report and the real and blank samples."""
-    kwargs = {
-        "n": n,
-        "max_tokens": max_tokens,
-        "seed": seed,
-        "prompt_format": prompt_format,
-        "image_position": image_position,
-    }
+    kwargs = {"n": n, "max_tokens": max_tokens, "seed": seed, "prompt": prompt}
     real = sample_scored(llm, processor, examples, **kwargs)
     blank = sample_scored(llm, processor, [blank_example(e) for e in examples], **kwargs)
     real_figures, blank_figures = task_figures(real), task_figures(blank)
@@ -490,7 +483,7 @@ def _checks(out: Path, warm: Path, examples: Sequence[Example], cfg: BaseConfig)
     import torch
     from transformers import AutoProcessor
 
-    from tiny_r1v.config.train import EngineConfig, PromptConfig
+    from tiny_r1v.config.train import EngineConfig
     from tiny_r1v.rollout.engine import build_llm
     from tiny_r1v.rollout.sampling import EngineModel
 
@@ -515,8 +508,7 @@ def _checks(out: Path, warm: Path, examples: Sequence[Example], cfg: BaseConfig)
             n=cfg.n,
             max_tokens=cfg.max_response_length,
             seed=cfg.sample_seed,
-            prompt_format=cfg.prompt_format,
-            image_position=cfg.image_position,
+            prompt=prompt,
         )
     finally:
         llm.llm_engine.engine_core.shutdown()

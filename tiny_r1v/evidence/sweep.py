@@ -280,15 +280,16 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def changed_runs(sweep: SweepConfig) -> list[str]:
-    """One line per run directory of the grid whose ``config.yaml`` (written when the run
-    started) is not the config the grid makes for it now, naming each key that differs: such a
-    run was trained for another grid (another base, method or code), so neither skipping it as
-    finished, nor resuming it, nor reporting it would be honest. A stored config is read with
-    today's defaults filled in, so keys added since it was written count only when set otherwise."""
+def changed_runs(configs: Sequence[TrainConfig]) -> list[str]:
+    """One line per run of `configs` (the grid's, `train_config`) whose directory holds a
+    ``config.yaml`` (written when the run started) that is not its config now, naming each key
+    that differs: such a run was trained for another grid (another base, method or code), so
+    neither skipping it as finished, nor resuming it, nor reporting it would be honest. A stored
+    config is read with today's defaults filled in, so keys added since it was written count only
+    when set otherwise."""
     lines = []
-    for run in plan(sweep):
-        stored_file = run_dir(sweep, run) / "config.yaml"
+    for cfg in configs:
+        stored_file = checkpoint.run_dir(cfg) / "config.yaml"
         if not stored_file.is_file():
             continue
         try:
@@ -296,7 +297,7 @@ def changed_runs(sweep: SweepConfig) -> list[str]:
         except ConfigError as err:
             lines.append(f"{stored_file}: cannot be read as a training config: {err}")
             continue
-        planned = _flat(to_dict(train_config(sweep, run)))
+        planned = _flat(to_dict(cfg))
         differ = [
             f"{key} {stored.get(key)!r} -> {planned.get(key)!r}"
             for key in sorted(stored.keys() | planned.keys())

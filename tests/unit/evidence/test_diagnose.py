@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tiny_r1v.data import Example, convert
-from tiny_r1v.evidence.base import split_val
+from tiny_r1v.evidence.base import BaseConfig, split_val
 from tiny_r1v.evidence.diagnose import diagnose, first_digit_accuracy, mean_pairwise_tv, total_variation
 
 
@@ -34,29 +34,11 @@ def test_first_digit_accuracy_by_hand() -> None:
 
 
 def test_diagnose_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
-    ocr = tmp_path / "data" / "ocr"
-    convert.main(
-        [
-            "tb-ocr",
-            "--split",
-            "train",
-            "--limit",
-            "12",
-            "--out",
-            str(ocr),
-            "--width",
-            "224",
-            "--height",
-            "28",
-            "--layout",
-            "cells",
-        ]
-    )
-    split_val(ocr, 4, seed=0)
-    math = tmp_path / "data" / "math"
-    size = ["--width", "224", "--height", "28", "--layout", "cells"]
-    convert.main(["tb-math", "--split", "train", "--limit", "6", "--out", str(math), *size])
-    split_val(math, 3, seed=0)
+    ocr, math = tmp_path / "data" / "ocr", tmp_path / "data" / "math"
+    images = BaseConfig().digit_image_args()  # as the base builds them: diagnose reads them with its bounds
+    for kind, out, rows, val in (("tb-ocr", ocr, 12, 4), ("tb-math", math, 6, 3)):
+        convert.main([kind, "--split", "train", "--limit", str(rows), "--out", str(out), *images])
+        split_val(out, val, seed=0)
     shutil.copytree(tiny_model_dir, tmp_path / "warm-model")
     report = diagnose(tmp_path, "warm-model", rows=8)
     val_digits = sum(len(json.loads(line)["answer"]) for line in (ocr / "val.jsonl").read_text().splitlines())

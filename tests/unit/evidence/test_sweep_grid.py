@@ -161,23 +161,24 @@ def test_launcher_names_missing_inputs_before_ray_starts(tmp_path, capsys):
 def test_a_run_made_by_another_grid_stops_the_sweep_naming_the_keys(tmp_path, capsys):
     cfg = small(tmp_path, seeds=[1])
     run = sweep.plan(cfg)[0]
-    stored = to_dict(sweep.train_config(cfg, run))
+    planned = [sweep.train_config(cfg, r) for r in sweep.plan(cfg)]
+    stored = to_dict(planned[0])
     del stored["data"]["image_position"]  # a key the code added later, at its default: no change
     stored["trainer"]["verbose"] = True  # ignored: changes no result
     directory = sweep.run_dir(cfg, run)
     directory.mkdir(parents=True)
     (directory / "config.yaml").write_text(yaml.safe_dump(stored))
-    assert sweep.changed_runs(cfg) == []
+    assert sweep.changed_runs(planned) == []
     stored["data"]["image_position"] = "last"
     stored["model"]["path"] = "elsewhere"
     (directory / "config.yaml").write_text(yaml.safe_dump(stored))
-    (line,) = sweep.changed_runs(cfg)
+    (line,) = sweep.changed_runs(planned)
     assert f"{directory / 'config.yaml'}: made by another grid" in line
     assert "data.image_position 'last' -> 'first'" in line and "model.path 'elsewhere' -> " in line
     assert launcher("sweep").main(["--config", str(tmp_path / "sweep.yaml"), "--report-only"]) == 2
     assert "use another output_dir" in capsys.readouterr().err
     (directory / "config.yaml").write_text("data: {image_position: sideways}\n")
-    assert "cannot be read as a training config" in sweep.changed_runs(cfg)[0]
+    assert "cannot be read as a training config" in sweep.changed_runs(planned)[0]
 
 
 def test_a_run_cut_short_before_its_first_checkpoint_starts_over(tmp_path):
