@@ -1,4 +1,5 @@
-"""One-command check of the learner and the merge maths at Qwen2.5-VL-3B scale on a bare GPU node.
+"""One-command check of the learner, the rollout's step time and the merge maths at Qwen2.5-VL-3B
+scale on a bare GPU node.
 
     python bench/gpu_check.py --out DIR            # one CUDA GPU (budget: 8 minutes; not yet run on one)
     python bench/gpu_check.py --dry-run --out DIR  # the same code path on CPU, tiny shapes
@@ -19,7 +20,9 @@ Per layout and phase: peak CUDA memory (log-probs under no_grad, forward+backwar
 step) and seconds, learner tokens/s and MFU over the real (non-padding) tokens; then a
 projection to 4 and 8 ranks of 80 GB from the larger of the two layouts' peaks. Merge: WUDI and AMM (default
 settings, K = 3) per distinct 2-D shape the 3B merge optimises, the projected whole-merge time,
-and CPU-vs-CUDA agreement on small tensors.
+and CPU-vs-CUDA agreement on small tensors. Step: one rollout engine's vision, prefill and decode
+measured in the rollout's dtype, and one training step of the config's cluster projected in
+strict order and pipelined (``bench/step_projection.py``).
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out``. Every assumption behind a projected
 figure is written next to it. On CPU, memory figures are null (torch keeps no CPU allocator
@@ -91,6 +94,8 @@ VERL = install_verl_shim()
 from torch.distributed.fsdp import MixedPrecisionPolicy  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 
+from bench.step_projection import check as step_check  # noqa: E402
+from bench.step_projection import markdown_lines as step_markdown  # noqa: E402
 from tiny_r1v.config import load_config  # noqa: E402
 from tiny_r1v.config.train import TrainConfig  # noqa: E402
 from tiny_r1v.device import compute_dtype  # noqa: E402
@@ -418,7 +423,7 @@ def run_layout(
     }
 
 
-def project(learner: dict, ranks: tuple[int, ...], gpu_gb: float) -> dict:
+def project_memory(learner: dict, ranks: tuple[int, ...], gpu_gb: float) -> dict:
     """Per-rank peak under FSDP sharding over ``ranks`` GPUs, from the one-rank measurement."""
     n_params, n_trainable, kl, ref_bytes = learner.pop("_counts")
     runs = learner["layouts"].values()
@@ -456,6 +461,16 @@ def project(learner: dict, ranks: tuple[int, ...], gpu_gb: float) -> dict:
             "allocator fragmentation (compare peak_reserved_gb with peak_allocated_gb on one rank)."
         ),
     }
+
+
+def check_step(cfg: TrainConfig, shape: dict[str, Any], work: Workload, learner: dict, device: torch.device) -> dict:
+    """The rollout model in the rollout's dtype on this device, measured and projected."""
+    with torch.device(device):
+        torch.manual_seed(0)
+        model = Qwen2_5_VLForConditionalGeneration._from_config(
+            hf_config(shape), attn_implementation="sdpa", dtype=compute_dtype(cfg.model.dtype, device)
+        ).eval()
+    return step_check(cfg, model, work, learner, device)
 
 
 def merge_shapes(config: Qwen2_5_VLConfig, vision: str) -> Counter:
@@ -642,6 +657,7 @@ def markdown(report: dict) -> str:
         lines += ["| method, shape | max abs diff | max abs value |", "|---|---|---|"]
         for key, row in agreement["max_abs_diff"].items():
             lines.append(f"| {key} | {row['max_abs_diff']:.3e} | {row['max_abs_value']:.3e} |")
+    lines += step_markdown(report["step"])
     lines += ["", f"Total wall time: {report['wall_seconds']:.1f} s", ""]
     return "\n".join(lines)
 
@@ -681,7 +697,10 @@ def main(argv: list[str] | None = None) -> None:
         dist.destroy_process_group()
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the learner's model and optimizer died with check_learner
-    projection = project(learner, (4, 8), 80.0)
+    step = check_step(cfg, shape, work, learner, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    projection = project_memory(learner, (4, 8), 80.0)
     report = {
         "dry_run": args.dry_run,
         "shape": "tiny" if args.dry_run else "Qwen2.5-VL-3B",
@@ -689,6 +708,7 @@ def main(argv: list[str] | None = None) -> None:
         "workload": {**vars(work), "response_lengths": response_lengths(work), "config": args.config},
         "learner": learner,
         "projection": projection,
+        "step": step,
         # Dry run: 3 Adam steps (the code path, not the figure).
         "merge": check_merge(hf_config(shape), device, args.experts, 3 if args.dry_run else None),
         "merge_agreement": check_agreement(device, args.experts),

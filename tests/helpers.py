@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -46,13 +47,20 @@ ROOT = Path(__file__).resolve().parent.parent
 """The repository's root (configs/, launch/)."""
 
 
+def script(path: str) -> ModuleType:
+    """The repository's script ``path`` (e.g. ``bench/step_projection.py``) as a module, loaded
+    afresh (registered in ``sys.modules``, which its dataclasses look themselves up in)."""
+    spec = importlib.util.spec_from_file_location(path.removesuffix(".py").replace("/", "_"), ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def launcher(name: str) -> ModuleType:
     """``launch/<name>.py`` as a module, loaded afresh (its ``main(argv) -> int`` runs in this
     process)."""
-    spec = importlib.util.spec_from_file_location(f"launch_{name}", ROOT / "launch" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script(f"launch/{name}.py")
 
 
 def one_image_prompt(processor: object, question: str) -> str:

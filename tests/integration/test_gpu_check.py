@@ -23,7 +23,7 @@ def test_dry_run_writes_every_section(tmp_path):
     out = tmp_path / "tmp"
     subprocess.run([sys.executable, "-c", BARE_NODE, str(out)], cwd=ROOT, check=True, timeout=300)
     report = json.loads((out / "gpu_check.json").read_text())
-    for section in ("environment", "workload", "learner", "projection", "merge", "merge_agreement"):
+    for section in ("environment", "workload", "learner", "projection", "step", "merge", "merge_agreement"):
         assert section in report, section
     assert report["dry_run"] and report["environment"]["verl"].startswith("shim")
     learner = report["learner"]
@@ -40,7 +40,13 @@ def test_dry_run_writes_every_section(tmp_path):
     assert packed["tokens"] == padded["tokens"] == packed["token_slots"] < padded["token_slots"]
     assert packed["padding_share"] == 0 < padded["padding_share"]
     assert report["projection"]["per_rank_gb"] is None
+    step = report["step"]
+    assert step["learner_ranks"] == 4 and step["rollout"]["workload"]["engines"] == 4  # configs/math.yaml
+    for row in step["rows"].values():
+        assert row["pipelined"]["step_s"] <= row["strict"]["step_s"]
+        assert row["phases_s"]["learner"] == step["learner_s"] > 0
     merge = report["merge"]
     assert merge["per_shape"] and all(v >= 0 for v in merge["projected_whole_merge"].values())
     assert report["merge_agreement"]["max_abs_diff"] is None
-    assert (out / "gpu_check.md").read_text().startswith("# GPU check")
+    text = (out / "gpu_check.md").read_text()
+    assert text.startswith("# GPU check") and "## Step projection" in text
