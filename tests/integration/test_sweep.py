@@ -1,7 +1,7 @@
 """The sweep runner through the real actor graph on CPU: lipo and grpo × 1 seed × 2 steps on the
 tiny model; a grid interrupted after its first run, then a run that fails after its first step,
-then the grid again: the finished run untouched, the failed one resumed from its checkpoint,
-and the report."""
+then the grid again: the finished run untouched, the failed one resumed from its checkpoint; the
+sampled held-out evaluation (reused when run again) and the report."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from helpers import RED_ROW, ROOT, launcher, snapshot, write_red_dataset
 
 from tiny_r1v.config import TrainConfig, load_config
-from tiny_r1v.evidence import sweep
+from tiny_r1v.evidence import sweep, sweep_eval
 from tiny_r1v.evidence.sweep_report import REPORT_FILES, write_report
 
 pytestmark = pytest.mark.vllm
@@ -41,6 +41,7 @@ def write_sweep(tmp: Path, model_dir: Path) -> Path:
         "output_dir": str(tmp / "sweep"),
         "overrides": overrides,
         "seeds": [1],
+        "eval_samples": 2,
         "methods": [
             {"name": "lipo", "overrides": ["algorithm.adv_estimator=lipo"]},
             {"name": "grpo", "overrides": ["algorithm.adv_estimator=grpo"]},
@@ -96,12 +97,22 @@ def test_interrupted_grid_resumes_without_repeating_a_run_and_reaches_the_report
     saved = load_config(TrainConfig, second_dir / "config.yaml")
     assert (saved.algorithm.adv_estimator, saved.data.seed, saved.rollout.seed) == ("grpo", 1, 1)
 
-    records = sweep.collect(cfg)
-    assert [r.status for r in records] == ["finished", "finished"]
+    result = sweep_eval.evaluate(cfg)["red"]
+    models = ["base", "lipo.seed-1", "grpo.seed-1"]
+    assert sorted(result.computed) == sorted((m, "red") for m in models) and not result.reused
+    # Sampled as the rollouts sample: 2 samples of each of the 4 held-out prompts per model.
+    assert all(len(records) == 8 for records in result.records.values())
+    assert len({tuple(r.response for r in records) for records in result.records.values()}) > 1
+    assert sorted(sweep_eval.evaluate(cfg)["red"].reused) == sorted(result.computed)  # nothing generated again
+
+    records = sweep_eval.with_sampled(cfg, sweep.collect(cfg))
+    assert [(r.method, r.status) for r in records] == [("base", "finished"), ("lipo", "finished"), ("grpo", "finished")]
+    assert all(r.sampled is not None and r.sampled["mean_tokens"] > 0 for r in records)
     paths = write_report(sweep.report_dir(cfg), records, cfg.reference_method)
-    assert [p.name for p in paths] == [*REPORT_FILES, "curves-red.png"]
+    assert [p.name for p in paths] == [*REPORT_FILES, "accuracy-vs-tokens-sampled.png", "curves-red.png"]
     payload = json.loads((sweep.report_dir(cfg) / "sweep.json").read_text())
-    assert [(row["method"], row["seeds"]) for row in payload["rows"]] == [("lipo", 1), ("grpo", 1)]
-    assert payload["runs"][1]["equal_accuracy"] != "never"  # grpo reaches its own final accuracy
+    rows = [(row["method"], row["seeds"], row["sampled_runs"]) for row in payload["rows"]]
+    assert rows == [("base", 1, 1), ("lipo", 1, 1), ("grpo", 1, 1)]
+    assert payload["runs"][2]["equal_accuracy"] != "never"  # grpo reaches its own final accuracy
     # The launcher's report-only mode reads the same runs (no Ray needed).
     assert launcher("sweep").main(["--config", str(tmp_path / "sweep.yaml"), "--report-only"]) == 0

@@ -7,12 +7,13 @@ differs from training: greedy by default, and a single sample per prompt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Literal
 
 from tiny_r1v.config.loader import require, section
 from tiny_r1v.config.model_ref import ModelRef, require_label
-from tiny_r1v.config.train import EngineConfig, PromptConfig, RewardConfig
+from tiny_r1v.config.train import EngineConfig, PromptConfig, RewardConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -100,3 +101,17 @@ class EvalConfig:
             with section(name):
                 getattr(self, name).validate()
         return self
+
+
+def like_training(train: TrainConfig, output_dir: str | Path, decoding: DecodingConfig | None = None) -> EvalConfig:
+    """An evaluation of models trained with ``train``: its device, dtype, prompts, engine and
+    rewards; greedy unless ``decoding`` is given."""
+    return EvalConfig(
+        output_dir=str(output_dir),
+        device=train.trainer.device,
+        dtype=train.model.dtype,
+        prompt=PromptConfig(**{f.name: getattr(train.data, f.name) for f in fields(PromptConfig)}),
+        decoding=decoding or DecodingConfig(),
+        engine=EngineConfig(**{f.name: getattr(train.rollout, f.name) for f in fields(EngineConfig)}),
+        reward=train.reward,
+    ).validate()

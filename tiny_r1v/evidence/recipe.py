@@ -28,12 +28,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tiny_r1v.config.loader import ConfigError, labelled, load_config, require, section, to_dict
-from tiny_r1v.config.train import EngineConfig, PromptConfig, TrainConfig
-from tiny_r1v.eval.config import DecodingConfig, EvalConfig
+from tiny_r1v.config.train import TrainConfig
+from tiny_r1v.eval.config import EvalConfig, like_training
 from tiny_r1v.evidence.base import TESTBED_KINDS, BaseConfig
 from tiny_r1v.evidence.sweep import finished, run_overrides
 from tiny_r1v.merge.config import MergeConfig, MethodName
@@ -199,19 +199,6 @@ def merge_config(cfg: RecipeConfig, seed: int, spec: MergeSpec, label: str, over
         return load_config(MergeConfig, cfg.merge_config, items)
 
 
-def eval_config(train: TrainConfig, output_dir: Path) -> EvalConfig:
-    """Greedy evaluation with the prompts, engine and rewards the models were trained with."""
-    return EvalConfig(
-        output_dir=str(output_dir),
-        device=train.trainer.device,
-        dtype=train.model.dtype,
-        prompt=PromptConfig(**{f.name: getattr(train.data, f.name) for f in fields(PromptConfig)}),
-        decoding=DecodingConfig(),
-        engine=EngineConfig(**{f.name: getattr(train.rollout, f.name) for f in fields(EngineConfig)}),
-        reward=train.reward,
-    ).validate()
-
-
 def choose_best(val_accuracy: dict[str, float], labels: Sequence[str]) -> str:
     """The label of the best average validation accuracy; ties go to the earlier candidate."""
     return max(labels, key=lambda label: (val_accuracy[label], -labels.index(label)))
@@ -352,7 +339,7 @@ def run_seed(cfg: RecipeConfig, seed: int) -> list[Path]:
     train_stage(cfg, seed)
     first = training_config(cfg, seed, cfg.experts[0].name)
     here = seed_dir(cfg, seed)
-    eval_cfg = eval_config(first, here / "eval")
+    eval_cfg = like_training(first, here / "eval")
     merged = merge_stage(cfg, seed, eval_cfg)
     models = {BASE: warm_model(cfg), **{name: run_dir(cfg, seed, name) for name in run_names(cfg)}, **merged}
     tests = {e.task: data_file(cfg, e.task, "test") for e in cfg.experts}

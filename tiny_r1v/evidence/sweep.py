@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from tiny_r1v.config.loader import ConfigError, labelled, load_config, require, section, to_dict
 from tiny_r1v.config.train import TrainConfig
-from tiny_r1v.evidence.sweep_report import RunRecord, Status
+from tiny_r1v.evidence.sweep_report import BASE, RunRecord, Status
 from tiny_r1v.tasks import Task
 from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.checkpoint import METRICS_FILE, TrainerState
@@ -117,11 +117,16 @@ class SweepConfig:
     """The method whose final accuracy defines "tokens at equal accuracy" in the report."""
     order: Literal["task-seed-method", "task-method-seed"] = "task-seed-method"
     """The order the runs are made in (the first key varies slowest)."""
+    eval_samples: int = 4
+    """Samples per held-out prompt in the sampled evaluation of the base and every finished run's
+    final weights after the grid (`tiny_r1v.evidence.sweep_eval`); 0: none."""
 
     def validate(self) -> SweepConfig:
         require(self.base_config != "", "base_config", "must not be empty")
         require(self.output_dir != "", "output_dir", "must not be empty")
         _names("methods", [m.name for m in self.methods])
+        require(all(m.name != BASE for m in self.methods), "methods", f"{BASE!r} names the base model's row")
+        require(self.eval_samples >= 0, "eval_samples", f"must be >= 0, got {self.eval_samples}")
         _names("tasks", [t.name for t in self.tasks])
         require(len(self.seeds) > 0, "seeds", "must list at least one")
         require(len(set(self.seeds)) == len(self.seeds), "seeds", "must be unique")

@@ -1,6 +1,7 @@
 """The sweep's report: per task and method, mean ± std over seeds of the final held-out greedy
-accuracy, mean tokens, truncated share and tokens at equal accuracy; as Markdown, CSV, JSON and
-PNG plots.
+accuracy, mean tokens, truncated share and tokens at equal accuracy, and of the sampled held-out
+evaluation's accuracy, mean tokens and truncated share (`tiny_r1v.evidence.sweep_eval`); each
+task led by its base model (`BASE`); as Markdown, CSV, JSON and PNG plots.
 
 Everything but `collect` and `write_report` is pure: `RunRecord`s (a run's metrics rows, or its
 failure) in, rows and text out, so the maths is tested on hand-written rows.
@@ -26,6 +27,8 @@ from tiny_r1v.eval.report import MARKERS, finish_scatter
 
 ACCURACY, TOKENS, CLIPPED = "val/reward/accuracy", "val/length/mean", "val/length/clip_frac"
 VALIDATION = "val/samples"
+BASE = "base"
+"""The report's name for the model every run of a task starts from (a row, not a method)."""
 REPORT_FILES = ("sweep.md", "sweep.csv", "sweep.json", "accuracy-vs-tokens.png")
 """What `write_report` writes into ``<output_dir>/report/``, besides ``curves-<task>.png`` per task."""
 
@@ -42,6 +45,9 @@ class RunRecord:
     status: Status
     rows: tuple[Mapping[str, float], ...] = ()
     error: str | None = None
+    sampled: Mapping[str, float] | None = None
+    """The sampled held-out evaluation of the final weights (``accuracy``, ``mean_tokens``,
+    ``truncated``), if one ran."""
 
 
 def validations(rows: Sequence[Mapping[str, float]]) -> list[Mapping[str, float]]:
@@ -93,6 +99,14 @@ class MethodRow:
     """Seeds (with a finished reference run) whose accuracy reaches the reference's final one."""
     equal_accuracy_compared: int
     """Seeds with a finished reference run to compare with."""
+    sampled_accuracy: float
+    sampled_accuracy_std: float
+    sampled_tokens: float
+    sampled_tokens_std: float
+    sampled_truncated: float
+    sampled_truncated_std: float
+    sampled_runs: int
+    """Finished runs whose sampled evaluation the sampled figures average."""
     failed: int
     """Runs of this task and method that failed."""
     unfinished: int
@@ -122,6 +136,8 @@ def summarize(records: Sequence[RunRecord], reference: str = "grpo") -> list[Met
                 equal.append(hit[1])
         stats = [mean_std([float(row[key]) for row in final]) for key in (ACCURACY, TOKENS, CLIPPED)]
         eq = mean_std(equal)
+        sampled = [r.sampled for r in done if r.sampled is not None]
+        sampled_stats = [mean_std([s[key] for s in sampled]) for key in ("accuracy", "mean_tokens", "truncated")]
         out.append(
             MethodRow(
                 task,
@@ -133,6 +149,10 @@ def summarize(records: Sequence[RunRecord], reference: str = "grpo") -> list[Met
                 *eq,
                 len(equal),
                 compared,
+                *sampled_stats[0],
+                *sampled_stats[1],
+                *sampled_stats[2],
+                len(sampled),
                 sum(r.status == "failed" for r in mine),
                 sum(r.status in ("incomplete", "not started") for r in mine),
             )
@@ -164,7 +184,9 @@ def markdown(rows: Sequence[MethodRow], records: Sequence[RunRecord], reference:
         "",
         "Held-out greedy validation at each run's last step, mean ± sample std over the finished seeds. "
         f"Tokens at equal accuracy: mean tokens at the first validation where the method's accuracy "
-        f"reaches {reference}'s final accuracy (same task and seed); (reached/compared) seeds.",
+        f"reaches {reference}'s final accuracy (same task and seed); (reached/compared) seeds. "
+        "Sampled: the held-out evaluation of the final weights sampled as the rollouts sample "
+        f"(<output_dir>/eval/<task>/). {BASE}: the model every run starts from (greedy: its step-0 validation).",
     ]
     for task in dict.fromkeys(row.task for row in rows):
         lines += [
@@ -172,14 +194,16 @@ def markdown(rows: Sequence[MethodRow], records: Sequence[RunRecord], reference:
             f"## {task}",
             "",
             "| method | seeds | accuracy (%) | mean tokens | truncated (%) | tokens at equal accuracy "
-            "| failed | unfinished |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| sampled accuracy (%) | sampled tokens | sampled truncated (%) | failed | unfinished |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in (r for r in rows if r.task == task):
             lines.append(
                 f"| {row.method} | {row.seeds} | {_pm(row.accuracy, row.accuracy_std, 1, 100)} "
                 f"| {_pm(row.tokens, row.tokens_std, 1)} | {_pm(row.truncated, row.truncated_std, 1, 100)} "
-                f"| {_equal_cell(row)} | {row.failed} | {row.unfinished} |"
+                f"| {_equal_cell(row)} | {_pm(row.sampled_accuracy, row.sampled_accuracy_std, 1, 100)} "
+                f"| {_pm(row.sampled_tokens, row.sampled_tokens_std, 1)} "
+                f"| {_pm(row.sampled_truncated, row.sampled_truncated_std, 1, 100)} | {row.failed} | {row.unfinished} |"
             )
     problems = [r for r in records if r.status != "finished"]
     if problems:
@@ -220,6 +244,7 @@ def json_payload(rows: Sequence[MethodRow], records: Sequence[RunRecord], refere
                 "status": r.status,
                 "error": r.error,
                 "final": None if final is None else {k: final[k] for k in ("step", ACCURACY, TOKENS, CLIPPED)},
+                "sampled": None if r.sampled is None else dict(r.sampled),
                 "equal_accuracy": None
                 if final is None or ref is None
                 else ({"step": hit[0], "tokens": hit[1]} if hit else "never"),
@@ -236,7 +261,7 @@ def curves(records: Sequence[RunRecord], task: str) -> dict[str, dict[str, list[
     """Per method of ``task``: validation steps and the seed-mean accuracy and mean tokens at each
     (over the runs that validated at that step; unfinished runs included)."""
     out: dict[str, dict[str, list[float]]] = {}
-    for method in dict.fromkeys(r.method for r in records if r.task == task):
+    for method in dict.fromkeys(r.method for r in records if r.task == task and r.method != BASE):
         by_step: dict[int, list[Mapping[str, float]]] = {}
         for r in records:
             if (r.task, r.method) == (task, method):
@@ -271,29 +296,35 @@ def plot_curves(records: Sequence[RunRecord], task: str, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def plot_accuracy_vs_tokens(rows: Sequence[MethodRow], path: Path) -> None:
-    """Final accuracy against mean tokens: one point per task and method (colour: method, marker:
-    task), with ± std bars over seeds."""
+def plot_accuracy_vs_tokens(rows: Sequence[MethodRow], path: Path, sampled: bool = False) -> None:
+    """Final accuracy against mean tokens, greedy or ``sampled``: one point per task and method
+    (colour: method, marker: task), with ± std bars over seeds."""
     from matplotlib.figure import Figure
 
-    points = [row for row in rows if not math.isnan(row.accuracy)]
+    prefix = "sampled_" if sampled else ""
     methods = list(dict.fromkeys(row.method for row in rows))
     tasks = list(dict.fromkeys(row.task for row in rows))
     figure = Figure(figsize=(6.4, 4.8), layout="constrained")
     axes = figure.add_subplot()
-    for row in points:
+    for row in rows:
+        accuracy, accuracy_std, tokens, tokens_std = (
+            getattr(row, prefix + name) for name in ("accuracy", "accuracy_std", "tokens", "tokens_std")
+        )
+        if math.isnan(accuracy):
+            continue
         axes.errorbar(
-            row.tokens,
-            100 * row.accuracy,
-            xerr=0 if math.isnan(row.tokens_std) else row.tokens_std,
-            yerr=0 if math.isnan(row.accuracy_std) else 100 * row.accuracy_std,
+            tokens,
+            100 * accuracy,
+            xerr=0 if math.isnan(tokens_std) else tokens_std,
+            yerr=0 if math.isnan(accuracy_std) else 100 * accuracy_std,
             color=f"C{methods.index(row.method) % 10}",
             marker=MARKERS[tasks.index(row.task) % len(MARKERS)],
             markersize=7,
             capsize=3,
         )
     colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
-    finish_scatter(figure, axes, colours, tasks, "mean generated tokens (final validation)", path)
+    xlabel = "mean generated tokens (sampled, final weights)" if sampled else "mean generated tokens (final validation)"
+    finish_scatter(figure, axes, colours, tasks, xlabel, path)
 
 
 def write_report(out_dir: Path, records: Sequence[RunRecord], reference: str = "grpo") -> list[Path]:
@@ -306,6 +337,9 @@ def write_report(out_dir: Path, records: Sequence[RunRecord], reference: str = "
     json_path.write_text(json.dumps(json_payload(rows, records, reference), indent=2, allow_nan=False) + "\n")
     plot_accuracy_vs_tokens(rows, png)
     paths = [md, csv_path, json_path, png]
+    if any(row.sampled_runs for row in rows):
+        paths.append(out_dir / "accuracy-vs-tokens-sampled.png")
+        plot_accuracy_vs_tokens(rows, paths[-1], sampled=True)
     for task in dict.fromkeys(r.task for r in records):
         paths.append(out_dir / f"curves-{task}.png")
         plot_curves(records, task, paths[-1])

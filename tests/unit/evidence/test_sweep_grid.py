@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from helpers import ROOT, launcher
 from tiny_r1v.config import ConfigError
 from tiny_r1v.config.loader import to_dict
 from tiny_r1v.config.train import TrainConfig
-from tiny_r1v.evidence import sweep
+from tiny_r1v.evidence import sweep, sweep_eval
 from tiny_r1v.evidence.base import BaseConfig
 from tiny_r1v.trainer.checkpoint import ExistingRunError
 
@@ -56,7 +57,16 @@ def test_shipped_sweep_is_every_method_on_ocr_and_lipo_grpo_on_chart_and_math():
 
 def test_shipped_sweep_documents_every_key():
     text = SHIPPED.read_text()
-    for key in ("base_config", "output_dir", "reference_method", "order", "overrides", "seeds", "methods"):
+    for key in (
+        "base_config",
+        "output_dir",
+        "reference_method",
+        "order",
+        "eval_samples",
+        "overrides",
+        "seeds",
+        "methods",
+    ):
         line = next(line for line in text.splitlines() if line.startswith(f"{key}:"))
         assert "#" in line or key in ("overrides", "methods"), key
     for key in ("tasks", "grid", "name", "train_files", "val_files", "seeds"):
@@ -75,6 +85,8 @@ def test_shipped_sweep_documents_every_key():
         ({"seeds": [1, 1]}, "seeds: must be unique"),
         ({"reference_method": "dapo"}, "'dapo' is not a method"),
         ({"tasks": [{"name": "t", "task": "ocr", "train_files": ["a"], "val_files": []}]}, "tasks[0].val_files"),
+        ({"methods": [{"name": "base"}], "reference_method": "base"}, "'base' names the base model's row"),
+        ({"eval_samples": -1}, "eval_samples: must be >= 0"),
     ],
 )
 def test_rules(tmp_path, extra, message):
@@ -199,3 +211,33 @@ def test_a_missing_base_config_is_named(tmp_path):
     cfg = small(tmp_path, base_config=str(tmp_path / "nope.yaml"))  # the sweep config itself loads
     with pytest.raises(ConfigError, match=r"base_config: no training config file at .*nope.yaml"):
         sweep.train_config(cfg, sweep.plan(cfg)[0])
+
+
+def test_sampled_figures_and_the_base_row_join_the_records(tmp_path):
+    cfg = small(tmp_path, seeds=[1])
+    lipo, grpo = sweep.plan(cfg)
+    start = {"step": 0, **VAL}
+    end = [{"step": 1, "reward/mean": 1.0}, {"step": 2, "reward/mean": 1.0, **VAL}]
+    write_rows(sweep.run_dir(cfg, lipo), [start, *end])
+    figures = {"accuracy": 0.25, "mean_tokens": 40.0, "truncated": 0.5}
+    rows = [
+        {"model": "base", "benchmark": "average", "accuracy": 0.5, "mean_tokens": 60.0, "truncated": 0.0},
+        {"model": "lipo.seed-1", "benchmark": "t", "accuracy": 0.0, "mean_tokens": 0.0, "truncated": 0.0},
+        {"model": "lipo.seed-1", "benchmark": "average", **figures},
+    ]
+    results = sweep_eval.eval_dir(cfg, "t") / "results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps({"settings": {}, "rows": rows}))
+
+    records = sweep_eval.with_sampled(cfg, sweep.collect(cfg))
+    assert [(r.method, r.status) for r in records] == [
+        ("base", "finished"),
+        ("lipo", "finished"),
+        ("grpo", "not started"),
+    ]
+    assert records[0].rows == (start,)  # the base's greedy figures: a finished run's step-0 validation
+    assert records[0].sampled == {"accuracy": 0.5, "mean_tokens": 60.0, "truncated": 0.0}
+    assert records[1].sampled == figures and records[2].sampled is None
+    # With the sampled evaluation off, no old figure is read; the base row keeps its greedy figures.
+    off = sweep_eval.with_sampled(replace(cfg, eval_samples=0), sweep.collect(cfg))
+    assert [r.sampled for r in off] == [None] * 3 and off[0].rows == (start,)

@@ -7,10 +7,12 @@ import csv
 import io
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from tiny_r1v.evidence.sweep_report import (
+    BASE,
     REPORT_FILES,
     RunRecord,
     csv_text,
@@ -112,7 +114,7 @@ def test_failed_and_unfinished_runs_are_listed_not_dropped():
 
 def test_table_cells_csv_and_json():
     text = markdown(summarize(RECORDS), RECORDS, "grpo")
-    assert "| lipo | 2 | 60.0 ± 0.0 | 10.5 ± 0.7 | 0.0 ± 0.0 | 12.0 (1/2) | 1 | 0 |" in text
+    assert "| lipo | 2 | 60.0 ± 0.0 | 10.5 ± 0.7 | 0.0 ± 0.0 | 12.0 (1/2) | – | – | – | 1 | 0 |" in text
     lines = list(csv.DictReader(io.StringIO(csv_text(summarize(RECORDS)))))
     assert lines[1]["method"] == "lipo" and lines[1]["equal_accuracy_tokens_std"] == ""  # NaN: empty
     payload = json_payload(summarize(RECORDS), RECORDS, "grpo")
@@ -128,3 +130,34 @@ def test_write_report_writes_tables_and_plots(tmp_path):
     for path in paths:
         assert path.stat().st_size > 0
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths if p.suffix == ".png")
+
+
+def sampled(accuracy: float, tokens: float, truncated: float = 0.0) -> dict:
+    return {"accuracy": accuracy, "mean_tokens": tokens, "truncated": truncated}
+
+
+def test_sampled_figures_average_the_finished_seeds_that_have_one():
+    records = [
+        RunRecord("math", BASE, 0, "finished", (val(0, 0.1, 30),), sampled=sampled(0.2, 50, 0.1)),
+        replace(RECORDS[0], sampled=sampled(0.4, 40)),
+        replace(RECORDS[1], sampled=sampled(0.6, 36, 0.2)),
+        replace(RECORDS[2], sampled=sampled(0.5, 20)),
+        RECORDS[3],  # finished, not evaluated: the greedy figures only
+        replace(RECORDS[4], sampled=sampled(0.9, 5)),  # failed: in no figure
+    ]
+    base, grpo, lipo = summarize(records)
+    assert (base.method, base.seeds, base.accuracy, base.sampled_accuracy, base.sampled_runs) == (BASE, 1, 0.1, 0.2, 1)
+    assert base.equal_accuracy_compared == 0  # no reference run of its own seed: no figure
+    assert grpo.sampled_accuracy == pytest.approx(0.5) and grpo.sampled_accuracy_std == pytest.approx(math.sqrt(0.02))
+    assert (grpo.sampled_tokens, grpo.sampled_truncated, grpo.sampled_runs) == (38, pytest.approx(0.1), 2)
+    assert (lipo.seeds, lipo.sampled_runs, lipo.sampled_tokens) == (2, 1, 20)
+    assert math.isnan(lipo.sampled_tokens_std)
+    text = markdown([base, grpo, lipo], records, "grpo")
+    assert "| base | 1 | 10.0 | 30.0 | 0.0 | – | 20.0 | 50.0 | 10.0 | 0 | 0 |" in text
+    assert json_payload([grpo], records, "grpo")["runs"][1]["sampled"] == sampled(0.4, 40)
+
+
+def test_write_report_adds_the_sampled_plot_when_a_run_was_evaluated(tmp_path):
+    records = [replace(RECORDS[0], sampled=sampled(0.4, 40)), *RECORDS[1:]]
+    paths = write_report(tmp_path / "report", records)
+    assert [p.name for p in paths] == [*REPORT_FILES, "accuracy-vs-tokens-sampled.png", "curves-math.png"]
