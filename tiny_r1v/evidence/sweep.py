@@ -117,7 +117,7 @@ class SweepConfig:
     """The method whose final accuracy defines "tokens at equal accuracy" in the report."""
     order: Literal["task-seed-method", "task-method-seed"] = "task-seed-method"
     """The order the runs are made in (the first key varies slowest)."""
-    eval_samples: int = 4
+    eval_samples: int = 2
     """Samples per held-out prompt in the sampled evaluation of the base and every finished run's
     final weights after the grid (`tiny_r1v.evidence.sweep_eval`); 0: none."""
 
