@@ -136,7 +136,7 @@ def summarize(records: Sequence[RunRecord], reference: str = "grpo") -> list[Met
                 equal.append(hit[1])
         stats = [mean_std([float(row[key]) for row in final]) for key in (ACCURACY, TOKENS, CLIPPED)]
         eq = mean_std(equal)
-        sampled = [r.sampled for r in done if r.sampled is not None]
+        sampled = [r.sampled for r in mine if r.status == "finished" and r.sampled is not None]
         sampled_stats = [mean_std([s[key] for s in sampled]) for key in ("accuracy", "mean_tokens", "truncated")]
         out.append(
             MethodRow(

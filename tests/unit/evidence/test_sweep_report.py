@@ -161,3 +161,9 @@ def test_write_report_adds_the_sampled_plot_when_a_run_was_evaluated(tmp_path):
     records = [replace(RECORDS[0], sampled=sampled(0.4, 40)), *RECORDS[1:]]
     paths = write_report(tmp_path / "report", records)
     assert [p.name for p in paths] == [*REPORT_FILES, "accuracy-vs-tokens-sampled.png", "curves-math.png"]
+
+
+def test_a_base_without_a_step_0_validation_keeps_its_sampled_figures():
+    base = RunRecord("math", BASE, 0, "finished", (), sampled=sampled(0.2, 50))  # val_before_train off
+    row = summarize([base, *RECORDS[:2]])[0]
+    assert (row.seeds, row.sampled_runs, row.sampled_accuracy) == (0, 1, 0.2) and math.isnan(row.accuracy)
