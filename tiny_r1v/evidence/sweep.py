@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from tiny_r1v.config.loader import ConfigError, labelled, load_config, require, section, to_dict
 from tiny_r1v.config.train import TrainConfig
-from tiny_r1v.evidence.sweep_report import BASE, RunRecord, Status
+from tiny_r1v.evidence.sweep_report import BASE, ROLLOUT, VALIDATION, RunRecord, Status
 from tiny_r1v.tasks import Task
 from tiny_r1v.trainer import checkpoint
 from tiny_r1v.trainer.checkpoint import METRICS_FILE, TrainerState
@@ -250,7 +250,7 @@ def finished(directory: Path, total_steps: int) -> bool:
     step ``total_steps`` (a row with ``reward/mean``) and that step's validation row (a row with
     ``val/samples``)."""
     kinds = {key for row in metrics_rows(directory) if row["step"] == total_steps for key in row}
-    return {"reward/mean", "val/samples"} <= kinds
+    return {ROLLOUT, VALIDATION} <= kinds
 
 
 def collect(sweep: SweepConfig) -> list[RunRecord]:

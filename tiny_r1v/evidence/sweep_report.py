@@ -26,6 +26,10 @@ from typing import Any, Literal
 from tiny_r1v.eval.report import MARKERS, finish_scatter
 
 ACCURACY, TOKENS, CLIPPED = "val/reward/accuracy", "val/length/mean", "val/length/clip_frac"
+ROLLOUT, ROLLOUT_ACCURACY, ROLLOUT_TOKENS = "reward/mean", "reward/accuracy", "length/mean"
+"""A training row's marker key, and the accuracy and mean length of the step's rollouts."""
+SMOOTHING = 5
+"""Steps in the trailing mean of the plotted training-rollout curves (one step is a few prompts)."""
 VALIDATION = "val/samples"
 BASE = "base"
 """The report's name for the model every run of a task starts from (a row, not a method)."""
@@ -257,42 +261,63 @@ def json_payload(rows: Sequence[MethodRow], records: Sequence[RunRecord], refere
     }
 
 
-def curves(records: Sequence[RunRecord], task: str) -> dict[str, dict[str, list[float]]]:
-    """Per method of ``task``: validation steps and the seed-mean accuracy and mean tokens at each
-    (over the runs that validated at that step; unfinished runs included)."""
+def training_rows(rows: Sequence[Mapping[str, float]]) -> list[Mapping[str, float]]:
+    """The training rows (the step's rollouts: sampled, on training prompts), by step."""
+    by_step = {row["step"]: row for row in rows if ROLLOUT in row}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def curves(records: Sequence[RunRecord], task: str, rollout: bool = False) -> dict[str, dict[str, list[float]]]:
+    """Per method of ``task``: steps and the seed-mean accuracy and mean tokens at each (over the
+    runs with a row at that step; unfinished runs included), of the greedy validations, or with
+    ``rollout`` of the training rollouts."""
+    accuracy, tokens, rows_of = (
+        (ROLLOUT_ACCURACY, ROLLOUT_TOKENS, training_rows) if rollout else (ACCURACY, TOKENS, validations)
+    )
     out: dict[str, dict[str, list[float]]] = {}
     for method in dict.fromkeys(r.method for r in records if r.task == task and r.method != BASE):
         by_step: dict[int, list[Mapping[str, float]]] = {}
         for r in records:
             if (r.task, r.method) == (task, method):
-                for row in validations(r.rows):
+                for row in rows_of(r.rows):
                     by_step.setdefault(int(row["step"]), []).append(row)
         steps = sorted(by_step)
         out[method] = {
             "step": [float(s) for s in steps],
-            "accuracy": [statistics.fmean(float(row[ACCURACY]) for row in by_step[s]) for s in steps],
-            "tokens": [statistics.fmean(float(row[TOKENS]) for row in by_step[s]) for s in steps],
+            "accuracy": [statistics.fmean(float(row[accuracy]) for row in by_step[s]) for s in steps],
+            "tokens": [statistics.fmean(float(row[tokens]) for row in by_step[s]) for s in steps],
         }
     return out
 
 
+def trailing_mean(values: Sequence[float], window: int) -> list[float]:
+    """Mean of each value and up to ``window - 1`` before it."""
+    return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
 def plot_curves(records: Sequence[RunRecord], task: str, path: Path) -> None:
-    """Accuracy and mean tokens per validation step, one line per method (mean over seeds)."""
+    """Accuracy and mean tokens per step, one line per method (mean over seeds): the greedy
+    validations (top) and the training rollouts (bottom, trailing mean over `SMOOTHING` steps)."""
     from matplotlib.figure import Figure  # deferred: only the report needs matplotlib
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    acc_axes, len_axes = figure.subplots(1, 2)
-    for i, (method, curve) in enumerate(curves(records, task).items()):
-        acc_axes.plot(curve["step"], [100 * a for a in curve["accuracy"]], marker="o", color=f"C{i % 10}", label=method)
-        len_axes.plot(curve["step"], curve["tokens"], marker="o", color=f"C{i % 10}", label=method)
-    for axes, label in ((acc_axes, "held-out accuracy (%)"), (len_axes, "mean generated tokens")):
-        axes.set_xlabel("step")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_ylabel(label)
-        axes.grid(alpha=0.3)
-    acc_axes.legend(fontsize="small")
-    figure.suptitle(f"{task}: greedy validation, mean over seeds")
+    figure = Figure(figsize=(10, 7.5), layout="constrained")
+    panels = figure.subplots(2, 2)
+    for row, rollout in enumerate((False, True)):
+        smooth = (lambda v: trailing_mean(v, SMOOTHING)) if rollout else list
+        for i, (method, curve) in enumerate(curves(records, task, rollout).items()):
+            style = {"color": f"C{i % 10}", "label": method, "marker": None if rollout else "o"}
+            panels[row, 0].plot(curve["step"], smooth([100 * a for a in curve["accuracy"]]), **style)
+            panels[row, 1].plot(curve["step"], smooth(curve["tokens"]), **style)
+        kind = f"training rollouts (sampled), trailing mean of {SMOOTHING} steps" if rollout else "held-out, greedy"
+        for axes, label in zip(panels[row], ("accuracy (%)", "mean generated tokens"), strict=True):
+            axes.set_title(f"{kind}", fontsize="small")
+            axes.set_xlabel("step")
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.set_ylabel(label)
+            axes.grid(alpha=0.3)
+    panels[0, 0].legend(fontsize="small")
+    figure.suptitle(f"{task}: mean over seeds")
     figure.savefig(path, dpi=120)
 
 

@@ -16,11 +16,13 @@ from tiny_r1v.evidence.sweep_report import (
     REPORT_FILES,
     RunRecord,
     csv_text,
+    curves,
     json_payload,
     markdown,
     mean_std,
     summarize,
     tokens_at_accuracy,
+    trailing_mean,
     write_report,
 )
 
@@ -35,8 +37,8 @@ def val(step: int, accuracy: float, tokens: float, clipped: float = 0.0) -> dict
     }
 
 
-def train(step: int) -> dict:
-    return {"step": step, "reward/mean": 0.5, "length/mean": 10.0}
+def train(step: int, accuracy: float = 0.5, tokens: float = 10.0) -> dict:
+    return {"step": step, "reward/mean": 0.5, "reward/accuracy": accuracy, "length/mean": tokens}
 
 
 def run(method: str, seed: int, curve: list[tuple[float, float]], task: str = "math", clipped: float = 0.0):
@@ -167,3 +169,21 @@ def test_a_base_without_a_step_0_validation_keeps_its_sampled_figures():
     base = RunRecord("math", BASE, 0, "finished", (), sampled=sampled(0.2, 50))  # val_before_train off
     row = summarize([base, *RECORDS[:2]])[0]
     assert (row.seeds, row.sampled_runs, row.sampled_accuracy) == (0, 1, 0.2) and math.isnan(row.accuracy)
+
+
+def test_curves_of_validations_and_of_training_rollouts():
+    a = RunRecord(
+        "math", "grpo", 1, "finished", (val(0, 0.1, 30), train(1, 0.2, 50), train(2, 0.4, 40), val(2, 0.3, 28))
+    )
+    b = RunRecord("math", "grpo", 2, "incomplete", (val(0, 0.3, 30), train(1, 0.4, 60)))
+    base = RunRecord("math", BASE, 0, "finished", (val(0, 0.2, 30),))
+    greedy = curves([base, a, b], "math")
+    assert list(greedy) == ["grpo"]  # the base is a row, not a curve
+    assert greedy["grpo"] == {"step": [0.0, 2.0], "accuracy": [pytest.approx(0.2), 0.3], "tokens": [30.0, 28.0]}
+    rollout = curves([base, a, b], "math", rollout=True)["grpo"]
+    assert rollout == {"step": [1.0, 2.0], "accuracy": [pytest.approx(0.3), 0.4], "tokens": [55.0, 40.0]}
+
+
+def test_trailing_mean():
+    assert trailing_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert trailing_mean([2.0], 5) == [2.0]
