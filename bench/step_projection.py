@@ -137,6 +137,7 @@ def measure_rollout(
             pixels, grids = images(min(image_chunk, work.batch - start))
             vision_s += _timed(device, lambda p=pixels, g=grids: model.model.get_image_features(p, g))[1]
 
+        model(input_ids=torch.randint(ordinary, (1, 8), generator=generator).to(device), logits_to_keep=1)  # warm-up
         cache = None
 
         def forward(ids: torch.Tensor) -> torch.Tensor:
