@@ -327,16 +327,16 @@ def plot_accuracy_vs_tokens(rows: Sequence[MethodRow], path: Path, sampled: bool
     from matplotlib.figure import Figure
 
     prefix = "sampled_" if sampled else ""
-    methods = list(dict.fromkeys(row.method for row in rows))
-    tasks = list(dict.fromkeys(row.task for row in rows))
+    points = [row for row in rows if not math.isnan(getattr(row, prefix + "accuracy"))]
+    # Only what has a point gets a colour and a legend entry.
+    methods = list(dict.fromkeys(row.method for row in points))
+    tasks = list(dict.fromkeys(row.task for row in points))
     figure = Figure(figsize=(6.4, 4.8), layout="constrained")
     axes = figure.add_subplot()
-    for row in rows:
+    for row in points:
         accuracy, accuracy_std, tokens, tokens_std = (
             getattr(row, prefix + name) for name in ("accuracy", "accuracy_std", "tokens", "tokens_std")
         )
-        if math.isnan(accuracy):
-            continue
         axes.errorbar(
             tokens,
             100 * accuracy,
