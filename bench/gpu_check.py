@@ -96,6 +96,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  #
 
 from bench.step_projection import check as step_check  # noqa: E402
 from bench.step_projection import markdown_lines as step_markdown  # noqa: E402
+from bench.step_projection import sync  # noqa: E402
 from tiny_r1v.config import load_config  # noqa: E402
 from tiny_r1v.config.train import TrainConfig  # noqa: E402
 from tiny_r1v.device import compute_dtype  # noqa: E402
@@ -271,11 +272,6 @@ class Memory:
             "peak_allocated_gb": max(peak, old["peak_allocated_gb"]),
             "peak_reserved_gb": max(reserved, old["peak_reserved_gb"]),
         }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def surrogate_loss(logprobs: torch.Tensor, old: torch.Tensor, inputs: PolicyInputs, clip: float) -> torch.Tensor:

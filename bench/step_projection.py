@@ -88,13 +88,17 @@ def rollout_workload(samples_per_step: int, engines: int, prompt: int, response:
     return RolloutWorkload(math.ceil(samples_per_step / engines), prompt, response, grid, engines)
 
 
-def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[object, float]:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CPU work is done when the call returns)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[object, float]:
+    sync(device)
     start = time.perf_counter()
     out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return out, time.perf_counter() - start
 
 

@@ -19,25 +19,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tiny_r1v.eval.config import DecodingConfig, like_training
-from tiny_r1v.evidence.sweep import Run, SweepConfig, finished, plan, run_dir, train_config
-from tiny_r1v.evidence.sweep_report import BASE, RunRecord, validations
+from tiny_r1v.evidence.sweep import SweepConfig, finished, plan, run_dir, train_config
+from tiny_r1v.evidence.sweep_report import BASE, SAMPLED_KEYS, RunRecord, validations
 
 if TYPE_CHECKING:
     from tiny_r1v.eval.runner import EvalResult
 
 logger = logging.getLogger(__name__)
 
-SAMPLED_KEYS = ("accuracy", "mean_tokens", "truncated")
-"""The figures of a model's averaged evaluation row that the report takes."""
-
 
 def eval_dir(sweep: SweepConfig, task: str) -> Path:
     return Path(sweep.output_dir) / "eval" / task
 
 
-def model_label(run: Run) -> str:
-    """The run's name in the evaluation's tables (``<method>.seed-<s>``)."""
-    return f"{run.method}.seed-{run.seed}"
+def model_label(method: str, seed: int) -> str:
+    """A run's name in the evaluation's tables (``<method>.seed-<s>``)."""
+    return f"{method}.seed-{seed}"
 
 
 def evaluate(sweep: SweepConfig) -> dict[str, EvalResult]:
@@ -62,7 +59,8 @@ def evaluate(sweep: SweepConfig) -> dict[str, EvalResult]:
         rollout = first.rollout
         decoding = DecodingConfig(temperature=rollout.temperature, top_p=rollout.top_p, n=sweep.eval_samples)
         cfg = like_training(first, eval_dir(sweep, task.name), decoding)
-        models = [f"{BASE}={first.model.path}", *(f"{model_label(run)}={run_dir(sweep, run)}" for run, _ in done)]
+        runs_done = (f"{model_label(run.method, run.seed)}={run_dir(sweep, run)}" for run, _ in done)
+        models = [f"{BASE}={first.model.path}", *runs_done]
         files = task.val_files
         benchmarks = [f"{task.name}{f'-{i}' if len(files) > 1 else ''}={path}" for i, path in enumerate(files)]
         logger.info("sampled evaluation of %s: %d models x %d samples per prompt", task.name, len(models), decoding.n)
@@ -98,5 +96,5 @@ def with_sampled(sweep: SweepConfig, records: Sequence[RunRecord]) -> list[RunRe
         if start is not None or (task, BASE) in figures:
             rows = () if start is None else (start,)
             out.append(RunRecord(task, BASE, 0, "finished", rows, sampled=figures.get((task, BASE))))
-        out += [replace(r, sampled=figures.get((task, model_label(Run(r.task, r.method, r.seed))))) for r in mine]
+        out += [replace(r, sampled=figures.get((task, model_label(r.method, r.seed)))) for r in mine]
     return out

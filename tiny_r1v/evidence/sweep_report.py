@@ -31,6 +31,8 @@ ROLLOUT, ROLLOUT_ACCURACY, ROLLOUT_TOKENS = "reward/mean", "reward/accuracy", "l
 SMOOTHING = 5
 """Steps in the trailing mean of the plotted training-rollout curves (one step is a few prompts)."""
 VALIDATION = "val/samples"
+SAMPLED_KEYS = ("accuracy", "mean_tokens", "truncated")
+"""The figures of a `RunRecord`'s sampled evaluation (a model's averaged row of `launch/eval.py`)."""
 BASE = "base"
 """The report's name for the model every run of a task starts from (a row, not a method)."""
 REPORT_FILES = ("sweep.md", "sweep.csv", "sweep.json", "accuracy-vs-tokens.png")
@@ -54,10 +56,15 @@ class RunRecord:
     ``truncated``), if one ran."""
 
 
+def _by_step(rows: Sequence[Mapping[str, float]], key: str) -> list[Mapping[str, float]]:
+    """The rows holding ``key``, by step (a step logged twice keeps its last row)."""
+    by_step = {row["step"]: row for row in rows if key in row}
+    return [by_step[step] for step in sorted(by_step)]
+
+
 def validations(rows: Sequence[Mapping[str, float]]) -> list[Mapping[str, float]]:
     """The validation rows, by step (a step validated twice keeps its last row)."""
-    by_step = {row["step"]: row for row in rows if VALIDATION in row}
-    return [by_step[step] for step in sorted(by_step)]
+    return _by_step(rows, VALIDATION)
 
 
 def final_validation(rows: Sequence[Mapping[str, float]]) -> Mapping[str, float] | None:
@@ -141,7 +148,7 @@ def summarize(records: Sequence[RunRecord], reference: str = "grpo") -> list[Met
         stats = [mean_std([float(row[key]) for row in final]) for key in (ACCURACY, TOKENS, CLIPPED)]
         eq = mean_std(equal)
         sampled = [r.sampled for r in mine if r.status == "finished" and r.sampled is not None]
-        sampled_stats = [mean_std([s[key] for s in sampled]) for key in ("accuracy", "mean_tokens", "truncated")]
+        sampled_stats = [mean_std([s[key] for s in sampled]) for key in SAMPLED_KEYS]
         out.append(
             MethodRow(
                 task,
@@ -263,8 +270,7 @@ def json_payload(rows: Sequence[MethodRow], records: Sequence[RunRecord], refere
 
 def training_rows(rows: Sequence[Mapping[str, float]]) -> list[Mapping[str, float]]:
     """The training rows (the step's rollouts: sampled, on training prompts), by step."""
-    by_step = {row["step"]: row for row in rows if ROLLOUT in row}
-    return [by_step[step] for step in sorted(by_step)]
+    return _by_step(rows, ROLLOUT)
 
 
 def curves(records: Sequence[RunRecord], task: str, rollout: bool = False) -> dict[str, dict[str, list[float]]]:
@@ -311,7 +317,7 @@ def plot_curves(records: Sequence[RunRecord], task: str, path: Path) -> None:
             panels[row, 1].plot(curve["step"], smooth(curve["tokens"]), **style)
         kind = f"training rollouts (sampled), trailing mean of {SMOOTHING} steps" if rollout else "held-out, greedy"
         for axes, label in zip(panels[row], ("accuracy (%)", "mean generated tokens"), strict=True):
-            axes.set_title(f"{kind}", fontsize="small")
+            axes.set_title(kind, fontsize="small")
             axes.set_xlabel("step")
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             axes.set_ylabel(label)
