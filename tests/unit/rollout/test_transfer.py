@@ -100,7 +100,9 @@ def _receive(rank: int, port: int, info: dict[str, Any], out: Any) -> None:
         received.update({name: tensor.clone() for name, tensor in weights})
 
     engine.receive_weights(engine.parse_update_info(info), load_weights)
-    out.put((rank, calls, received))
+    # As numpy arrays: torch's queue pickling shares a tensor's storage through a socket of this
+    # process, which is gone if it exits before the parent reads the queue.
+    out.put((rank, calls, {name: tensor.numpy() for name, tensor in received.items()}))
 
 
 def test_gloo_engine_broadcasts_to_two_receivers_in_vllms_buckets():
@@ -126,7 +128,8 @@ def test_gloo_engine_broadcasts_to_two_receivers_in_vllms_buckets():
         assert calls == [["embed"], ["norm", "empty", "head"], ["bias"]]
         assert received.keys() == weights.keys()
         for name, tensor in weights.items():
-            assert received[name].dtype == tensor.dtype and torch.equal(received[name], tensor), name
+            got = torch.from_numpy(received[name])
+            assert got.dtype == tensor.dtype and torch.equal(got, tensor), name
 
 
 def test_sender_without_a_group_refuses():
