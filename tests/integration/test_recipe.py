@@ -14,6 +14,7 @@ from helpers import ROOT, launcher, snapshot
 
 from tiny_r1v.config import TrainConfig, load_config
 from tiny_r1v.data import convert
+from tiny_r1v.eval import EvalConfig
 from tiny_r1v.evidence import recipe
 from tiny_r1v.evidence.base import TESTBED_KINDS, split_val
 from tiny_r1v.evidence.recipe_report import REPORT_FILES
@@ -60,6 +61,7 @@ def write_recipe(tmp: Path) -> Path:
             {"name": "amm", "method": "amm", "overrides": ["amm.alpha=uniform"]},
         ],
         "seeds": [1],
+        "eval_samples": 2,
     }
     path = tmp / "recipe.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
@@ -79,6 +81,12 @@ def test_pipeline_reaches_the_report_and_a_second_run_repeats_no_stage(ray_local
     assert [row["model"] for row in table] == ["base", "math", "chart", "ocr", "mixture", "task_arithmetic", "amm"]
     for row in table:
         assert {f"{t}/accuracy" for t in TESTBED_KINDS} <= set(row) and 0 <= row["average_accuracy"] <= 1
+    # Sampled as the rollouts sample, for the table and the choice alike.
+    assert "2 samples" in (seed / "report" / "recipe.md").read_text()
+    temperature = load_config(TrainConfig, seed / "runs" / "math" / "config.yaml").rollout.temperature
+    for name in ("eval.yaml", "eval-val-task_arithmetic.yaml"):
+        decoding = load_config(EvalConfig, seed / "configs" / name).decoding
+        assert (decoding.n, decoding.temperature) == (2, temperature) and temperature > 0
     # Each expert's own task normalises to 1 (unless it scores 0 there, which leaves it undefined).
     math = next(row for row in table if row["model"] == "math")
     assert math["math/accuracy"] == 0 or math["normalized_accuracy"] is not None

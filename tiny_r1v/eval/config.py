@@ -103,15 +103,18 @@ class EvalConfig:
         return self
 
 
-def like_training(train: TrainConfig, output_dir: str | Path, decoding: DecodingConfig | None = None) -> EvalConfig:
+def like_training(train: TrainConfig, output_dir: str | Path, samples: int = 0) -> EvalConfig:
     """An evaluation of models trained with ``train``: its device, dtype, prompts, engine and
-    rewards; greedy unless ``decoding`` is given."""
+    rewards; greedy when ``samples`` is 0, else ``samples`` per prompt drawn as the rollouts draw
+    (their temperature and top_p)."""
+    rollout = train.rollout
+    decoding = DecodingConfig(temperature=rollout.temperature, top_p=rollout.top_p, n=samples) if samples else None
     return EvalConfig(
         output_dir=str(output_dir),
         device=train.trainer.device,
         dtype=train.model.dtype,
         prompt=PromptConfig(**{f.name: getattr(train.data, f.name) for f in fields(PromptConfig)}),
         decoding=decoding or DecodingConfig(),
-        engine=EngineConfig(**{f.name: getattr(train.rollout, f.name) for f in fields(EngineConfig)}),
+        engine=EngineConfig(**{f.name: getattr(rollout, f.name) for f in fields(EngineConfig)}),
         reward=train.reward,
     ).validate()

@@ -15,7 +15,8 @@ it was:
    provenance file) is reused, an interrupted one continues from its journal. A merge with
    ``choose`` merges every candidate setting, evaluates them on the validation split and keeps
    the best average accuracy (the test split is never used for a choice).
-4. **eval**: ``launch/eval.py``'s `run_eval` on the test split of every task for every model;
+4. **eval**: ``launch/eval.py``'s `run_eval` on the test split of every task for every model
+   (greedy, or ``eval_samples`` samples per prompt drawn as the rollouts draw);
    pairs evaluated before with the same settings and model files are reused.
 5. **report** (`tiny_r1v.evidence.recipe_report`), rewritten on every invocation.
 
@@ -101,6 +102,9 @@ class RecipeConfig:
     """The merges, one table row each."""
     seeds: tuple[int, ...] = (1,)
     """Seeds of the whole pipeline after the base (data order, sampling, learner)."""
+    eval_samples: int = 0
+    """Evaluation (the table and the validation choices): 0 greedy; k > 0 samples per prompt drawn
+    as the rollouts draw (their temperature and top_p), the same sampling seeds for every model."""
 
     def validate(self) -> RecipeConfig:
         require(self.output_dir != "", "output_dir", "must not be empty")
@@ -108,6 +112,7 @@ class RecipeConfig:
         require(len(self.experts) > 0, "experts", "must list at least one")
         require(len(self.seeds) > 0, "seeds", "must list at least one")
         require(len(set(self.seeds)) == len(self.seeds), "seeds", "must be unique")
+        require(self.eval_samples >= 0, "eval_samples", f"must be >= 0, got {self.eval_samples}")
         names = [e.name for e in self.experts] + [m.name for m in self.merges] + [BASE, MIXTURE]
         dup = sorted({n for n in names if names.count(n) > 1})
         require(not dup, "merges", f"expert and merge names must be unique and not base/mixture: {', '.join(dup)}")
@@ -172,6 +177,12 @@ def training_overrides(cfg: RecipeConfig, seed: int, name: str) -> list[str]:
 def training_config(cfg: RecipeConfig, seed: int, name: str) -> TrainConfig:
     with labelled(f"seed {seed} run {name}"):
         return load_config(TrainConfig, cfg.train_config, training_overrides(cfg, seed, name))
+
+
+def eval_config(cfg: RecipeConfig, seed: int) -> EvalConfig:
+    """The evaluation of a seed's models, prompted, generated and scored as its experts trained."""
+    first = training_config(cfg, seed, cfg.experts[0].name)
+    return like_training(first, seed_dir(cfg, seed) / "eval", cfg.eval_samples)
 
 
 def merge_output(cfg: RecipeConfig, seed: int, name: str) -> Path:
@@ -334,24 +345,25 @@ def _average_accuracy(rows: Sequence, model: str) -> float:
 
 def run_seed(cfg: RecipeConfig, seed: int) -> list[Path]:
     """Every stage of one seed (Ray must be started); returns the report files."""
+    from tiny_r1v.eval.runner import describe_decoding
     from tiny_r1v.evidence.recipe_report import write_report
 
     train_stage(cfg, seed)
-    first = training_config(cfg, seed, cfg.experts[0].name)
     here = seed_dir(cfg, seed)
-    eval_cfg = like_training(first, here / "eval")
+    eval_cfg = eval_config(cfg, seed)
     merged = merge_stage(cfg, seed, eval_cfg)
     models = {BASE: warm_model(cfg), **{name: run_dir(cfg, seed, name) for name in run_names(cfg)}, **merged}
     tests = {e.task: data_file(cfg, e.task, "test") for e in cfg.experts}
     result = _evaluate(eval_cfg, models, tests, "eval", here)
     experts = {e.task: e.name for e in cfg.experts}
-    return write_report(here / "report", {seed: result.rows}, experts)
+    return write_report(here / "report", {seed: result.rows}, experts, describe_decoding(eval_cfg))
 
 
 def run_recipe(cfg: RecipeConfig) -> list[Path]:
     """The whole pipeline for every seed (Ray must be started); returns the last report's files
     (over all seeds when there are several)."""
     from tiny_r1v.eval.metrics import Summary
+    from tiny_r1v.eval.runner import describe_decoding
     from tiny_r1v.evidence.recipe_report import read_rows, write_report
 
     ensure_base(cfg)
@@ -360,5 +372,7 @@ def run_recipe(cfg: RecipeConfig) -> list[Path]:
         files = run_seed(cfg, seed)
     if len(cfg.seeds) > 1:
         per_seed: dict[int, list[Summary]] = {s: read_rows(seed_dir(cfg, s) / "report") for s in cfg.seeds}
-        files = write_report(Path(cfg.output_dir) / "report", per_seed, {e.task: e.name for e in cfg.experts})
+        experts = {e.task: e.name for e in cfg.experts}
+        decoding = describe_decoding(eval_config(cfg, cfg.seeds[0]))
+        files = write_report(Path(cfg.output_dir) / "report", per_seed, experts, decoding)
     return files

@@ -100,12 +100,12 @@ def _pm(stat: Stat, scale: float = 1.0, digits: int = 1) -> str:
     return text if math.isnan(stat.std) else f"{text} ± {scale * stat.std:.{digits}f}"
 
 
-def markdown(rows: Sequence[ModelRow], seeds: Sequence[int]) -> str:
+def markdown(rows: Sequence[ModelRow], seeds: Sequence[int], decoding: str) -> str:
     tasks = list(rows[0].accuracy) if rows else []
     header = " | ".join(f"{t} acc (%) | {t} tokens" for t in tasks)
     lines = [
-        f"Seeds: {', '.join(map(str, seeds))} (mean ± sample std over seeds). Greedy decoding on each "
-        "task's held-out test split; normalised = mean over tasks of accuracy / the task expert's.",
+        f"Seeds: {', '.join(map(str, seeds))} (mean ± sample std over seeds), on each task's held-out "
+        f"test split; normalised = mean over tasks of accuracy / the task expert's. {decoding}",
         "",
         f"| model | {header} | avg acc (%) | avg tokens | normalised (%) |",
         "|---|" + "---:|" * (2 * len(tasks) + 3),
@@ -178,13 +178,16 @@ def plot(rows: Sequence[ModelRow], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def write_report(out_dir: Path, per_seed: Mapping[int, Sequence[Summary]], experts: Mapping[str, str]) -> list[Path]:
-    """Write `REPORT_FILES` into `out_dir` (AVERAGE rows are recomputed, not read)."""
+def write_report(
+    out_dir: Path, per_seed: Mapping[int, Sequence[Summary]], experts: Mapping[str, str], decoding: str
+) -> list[Path]:
+    """Write `REPORT_FILES` into `out_dir` (AVERAGE rows are recomputed, not read); ``decoding``
+    (`tiny_r1v.eval.runner.describe_decoding`) says how the responses were produced."""
     per_seed = {seed: [row for row in rows if row.benchmark != AVERAGE] for seed, rows in per_seed.items()}
     rows = summarize(per_seed, experts)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv_path, json_path, png = (out_dir / name for name in REPORT_FILES)
-    md.write_text(markdown(rows, list(per_seed)))
+    md.write_text(markdown(rows, list(per_seed), decoding))
     csv_path.write_text(csv_text(rows))
     json_path.write_text(json.dumps(json_payload(rows, per_seed), indent=1, allow_nan=False) + "\n")
     plot(rows, png)

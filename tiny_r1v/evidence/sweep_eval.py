@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tiny_r1v.eval.config import DecodingConfig, like_training
+from tiny_r1v.eval.config import like_training
 from tiny_r1v.evidence.sweep import SweepConfig, finished, plan, run_dir, train_config
 from tiny_r1v.evidence.sweep_report import BASE, SAMPLED_KEYS, RunRecord, validations
 
@@ -56,14 +56,14 @@ def evaluate(sweep: SweepConfig) -> dict[str, EvalResult]:
         if not done:
             continue
         first = done[0][1]
-        rollout = first.rollout
-        decoding = DecodingConfig(temperature=rollout.temperature, top_p=rollout.top_p, n=sweep.eval_samples)
-        cfg = like_training(first, eval_dir(sweep, task.name), decoding)
+        cfg = like_training(first, eval_dir(sweep, task.name), sweep.eval_samples)
         runs_done = (f"{model_label(run.method, run.seed)}={run_dir(sweep, run)}" for run, _ in done)
         models = [f"{BASE}={first.model.path}", *runs_done]
         files = task.val_files
         benchmarks = [f"{task.name}{f'-{i}' if len(files) > 1 else ''}={path}" for i, path in enumerate(files)]
-        logger.info("sampled evaluation of %s: %d models x %d samples per prompt", task.name, len(models), decoding.n)
+        logger.info(
+            "sampled evaluation of %s: %d models x %d samples per prompt", task.name, len(models), sweep.eval_samples
+        )
         results[task.name] = run_eval(cfg, resolve_models(cfg, models), resolve_benchmarks(cfg, benchmarks))
     return results
 

@@ -307,3 +307,18 @@ def test_serving_digest_ignores_weights_and_labels_but_not_what_vllm_reads(tmp_p
     dtype = copy("dtype")
     (dtype / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16", "dtype": "bfloat16"}))
     assert len({first, serving_digest(wider), serving_digest(template), serving_digest(dtype)}) == 4
+
+
+def test_like_training_is_greedy_or_samples_as_the_rollouts_do(tmp_path):
+    from tiny_r1v.config.train import TrainConfig
+    from tiny_r1v.eval.config import like_training
+
+    train = load_config(
+        TrainConfig, ROOT / "configs" / "quickstart.yaml", ["rollout.temperature=0.7", "rollout.top_p=0.9"]
+    )
+    greedy = like_training(train, tmp_path)
+    assert greedy.decoding.greedy and greedy.decoding.n == 1
+    assert greedy.engine.max_response_length == train.rollout.max_response_length
+    assert greedy.prompt.image_position == train.data.image_position and greedy.reward == train.reward
+    sampled = like_training(train, tmp_path, samples=3).decoding
+    assert (sampled.temperature, sampled.top_p, sampled.n) == (0.7, 0.9, 3)

@@ -63,6 +63,7 @@ def test_choose_makes_one_candidate_per_entry_and_the_best_wins_ties_to_the_firs
     ("override", "message"),
     [
         ("seeds=[1,1]", "seeds: must be unique"),
+        ("eval_samples=-1", "eval_samples: must be >= 0"),
         ("expert_steps=0", "expert_steps: must be > 0"),
         ("experts=[{name: a, task: vqa}]", "experts[0].task: must be a testbed task"),
         ("merges=[{name: math, method: amm}]", "merges: expert and merge names must be unique"),
@@ -101,8 +102,9 @@ def test_table_figures_recounted_by_hand(tmp_path: Path) -> None:
     assert merged.average_tokens.mean == 15 and merged.average_tokens.std == 0
     assert rows["m"].normalized_accuracy.mean == pytest.approx((1 + 0.1 / 0.5) / 2)
 
-    files = write_report(tmp_path / "one", {1: _seed(0.4)}, EXPERTS)
+    files = write_report(tmp_path / "one", {1: _seed(0.4)}, EXPERTS, "Decoding: greedy.")
     assert read_rows(tmp_path / "one") == _seed(0.4)
+    assert "Decoding: greedy." in files[0].read_text()
     assert "| merged | 40.0 | 10.0 | 25.0 | 20.0 | 32.5 | 15.0 | 50.0 |" in files[0].read_text()
     assert json.loads(files[2].read_text())["table"][2]["model"] == "merged"
 
@@ -111,6 +113,6 @@ def test_an_expert_scoring_zero_leaves_the_normalised_score_undefined(tmp_path: 
     rows = [_row("m", "math", 0.0, 5), _row("m", "ocr", 0.1, 5), _row("o", "math", 0.1, 5), _row("o", "ocr", 0.5, 5)]
     (m, _) = summarize({1: rows}, EXPERTS)
     assert math.isnan(m.normalized_accuracy.mean)
-    files = write_report(tmp_path, {1: rows}, EXPERTS)
+    files = write_report(tmp_path, {1: rows}, EXPERTS, "Decoding: greedy.")
     assert json.loads(files[2].read_text())["table"][0]["normalized_accuracy"] is None
     assert "| n/a |" in files[0].read_text()
