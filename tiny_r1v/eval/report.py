@@ -97,7 +97,7 @@ def finish_scatter(
     for label, colour in colours.items():
         axes.scatter([], [], color=colour, marker="o", label=label)
     for i, label in enumerate(marked):
-        axes.scatter([], [], color="grey", marker=MARKERS[i % len(MARKERS)], label=label)
+        axes.scatter([], [], color="black", marker=MARKERS[i % len(MARKERS)], label=label)
     axes.set_xlabel(xlabel)
     axes.set_ylabel("accuracy (%)")
     axes.grid(alpha=0.3)
