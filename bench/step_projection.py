@@ -24,9 +24,13 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # gpu_check imports this module
+    from bench.gpu_check import Workload
+    from tiny_r1v.config import TrainConfig
 
 GB = 1e9
 REWARD_S = 2.0
@@ -226,8 +230,8 @@ def project(rollout: dict, learner_s: float, reward_s: float, broadcast_gb_s: fl
     return rows
 
 
-def check(cfg: Any, model: torch.nn.Module, work: Any, learner: dict, device: torch.device) -> dict:
-    """One engine's rollout of ``cfg``'s (a ``TrainConfig``) step measured with ``model`` (the
+def check(cfg: TrainConfig, model: torch.nn.Module, work: Workload, learner: dict, device: torch.device) -> dict:
+    """One engine's rollout of ``cfg``'s step measured with ``model`` (the
     rollout's dtype, on ``device``), and the step projected with the learner's seconds:
     ``learner`` is gpu_check's learner section, ``work`` its micro-batch workload. CPU (a dry
     run): 4 sequences, 2 decode steps."""

@@ -48,16 +48,16 @@ def evaluate(sweep: SweepConfig) -> dict[str, EvalResult]:
     runs = plan(sweep)
     results = {}
     for task in sweep.tasks:
-        done = []
-        for run in (r for r in runs if r.task == task.name):
-            cfg = train_config(sweep, run)
-            if finished(run_dir(sweep, run), cfg.trainer.total_steps):
-                done.append((run, cfg))
+        done = [
+            run
+            for run in runs
+            if run.task == task.name and finished(run_dir(sweep, run), train_config(sweep, run).trainer.total_steps)
+        ]
         if not done:
             continue
-        first = done[0][1]
+        first = train_config(sweep, done[0])
         cfg = like_training(first, eval_dir(sweep, task.name), sweep.eval_samples)
-        runs_done = (f"{model_label(run.method, run.seed)}={run_dir(sweep, run)}" for run, _ in done)
+        runs_done = (f"{model_label(run.method, run.seed)}={run_dir(sweep, run)}" for run in done)
         models = [f"{BASE}={first.model.path}", *runs_done]
         files = task.val_files
         benchmarks = [f"{task.name}{f'-{i}' if len(files) > 1 else ''}={path}" for i, path in enumerate(files)]

@@ -1,0 +1,134 @@
+"""Where each merge puts its task vector, relative to the experts', on every 2-D linear weight:
+the measurements that tell a merge that shrinks, inflates or turns away from what each expert did.
+
+    python -m tiny_r1v.evidence.merge_geometry --base DIR --experts DIR [DIR ...] \\
+        --merges NAME=DIR [NAME=DIR ...] [--out FILE]
+
+Per tensor, with task vectors tau_k = W_k - W_0 [d_out, d_in], S = sum_k tau_k (task arithmetic
+at lambda = 1), tau_m = W_merged - W_0 and G_k = tau_k^T tau_k:
+
+- ``norm``: ||tau_m|| / ||S|| (task arithmetic at lambda: lambda; the mean: 1/K);
+- ``cosine``: cos(tau_m, S);
+- ``keep``: the mean over experts of <tau_m, tau_k G_k> / ||G_k||^2, how much of expert k's
+  change tau_m applies to the inputs expert k changed (1: as much as expert k; WUDI's target);
+- ``loss``: the WUDI loss (c_k = 1) of tau_m over that of the base, D(tau_m) / D(0) (0: every
+  expert reproduced on its own inputs; 1: no better than the base).
+
+Rows ``sum`` and ``mean`` (1/K of S) are computed alongside as references. Writes the per-tensor
+figures as JSON (``--out``) and prints, per merge and tensor rule, the median and range over
+tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from tiny_r1v.merge.methods import total
+from tiny_r1v.merge.objective import WudiObjective
+from tiny_r1v.merge.policy import assign
+from tiny_r1v.merge.safetensors_io import CheckpointReader
+from tiny_r1v.trainer.checkpoint import resolve_model_dir
+
+FIGURES = ("norm", "cosine", "keep", "loss")
+
+
+@torch.no_grad()
+def tensor_geometry(taus: Tensor, merged: Tensor) -> dict[str, float]:
+    """`FIGURES` of one merged task vector `merged` [d_out, d_in] against the experts' `taus`
+    [K, d_out, d_in] (float32, none zero)."""
+    s = total(taus)
+    grams = taus.mT @ taus  # [K, d_in, d_in]
+    keep = (merged.unsqueeze(0) * (taus @ grams)).flatten(1).sum(1) / grams.flatten(1).square().sum(1)
+    objective = WudiObjective(taus)
+    ones = taus.new_ones(len(taus))
+    at_base = objective.loss_and_grad(torch.zeros_like(merged), ones)[0]
+    return {
+        "norm": float(merged.norm() / s.norm()),
+        "cosine": float(torch.nn.functional.cosine_similarity(merged.flatten(), s.flatten(), dim=0)),
+        "keep": float(keep.mean()),
+        "loss": float(objective.loss_and_grad(merged, ones)[0] / at_base),
+    }
+
+
+def linear_tensors(reader: CheckpointReader) -> dict[str, str]:
+    """Tensor name -> policy rule of every 2-D linear weight (language model and vision tower)."""
+    shapes = {name: info.shape for name, info in reader.tensors.items()}
+    assignments = assign(shapes, vision="merge", tied=False)
+    return {name: a.rule for name, a in assignments.items() if a.rule in ("lm.linear", "vision.linear")}
+
+
+def measure(base: Path, experts: Sequence[Path], merges: Mapping[str, Path]) -> list[dict]:
+    """One record per (merge or reference, tensor): name, tensor, rule and `FIGURES`. Tensors that
+    no expert changed are left out."""
+    base_reader = CheckpointReader(base, "base")
+    expert_readers = [CheckpointReader(path, f"expert {path}") for path in experts]
+    merge_readers = {name: CheckpointReader(path, f"merge {name}") for name, path in merges.items()}
+    records = []
+    for tensor, rule in linear_tensors(base_reader).items():
+        w0 = base_reader.read(tensor).float()
+        taus = torch.stack([reader.read(tensor).float() - w0 for reader in expert_readers])
+        if bool((taus.flatten(1).norm(dim=1) == 0).any()):
+            continue
+        candidates = {"sum": total(taus), "mean": total(taus) / len(taus)}
+        candidates |= {name: reader.read(tensor).float() - w0 for name, reader in merge_readers.items()}
+        for name, merged in candidates.items():
+            records.append({"merge": name, "tensor": tensor, "rule": rule, **tensor_geometry(taus, merged)})
+    return records
+
+
+def summary(records: Sequence[dict]) -> list[dict]:
+    """Per (merge, rule): the number of tensors and each figure's median, min and max."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["merge"], record["rule"]), []).append(record)
+    out = []
+    for (merge, rule), rows in groups.items():
+        row: dict = {"merge": merge, "rule": rule, "tensors": len(rows)}
+        for figure in FIGURES:
+            values = [r[figure] for r in rows]
+            row[figure] = (statistics.median(values), min(values), max(values))
+        out.append(row)
+    return out
+
+
+def format_summary(rows: Sequence[dict]) -> str:
+    lines = ["| merge | rule | tensors | " + " | ".join(f"{f} median [min, max]" for f in FIGURES) + " |"]
+    lines.append("|---|---|---:|" + "---:|" * len(FIGURES))
+    for row in rows:
+        cells = [f"{row[f][0]:.3f} [{row[f][1]:.3f}, {row[f][2]:.3f}]" for f in FIGURES]
+        lines.append(f"| {row['merge']} | {row['rule']} | {row['tensors']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _named(item: str) -> tuple[str, Path]:
+    name, sep, path = item.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {item!r}")
+    return name, Path(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", type=Path, required=True, help="the base model directory")
+    parser.add_argument("--experts", type=Path, nargs="+", required=True, help="expert run or model directories")
+    parser.add_argument("--merges", type=_named, nargs="+", required=True, help="NAME=DIR of each merged model")
+    parser.add_argument("--out", type=Path, help="write every tensor's figures here (JSON)")
+    args = parser.parse_args(argv)
+    experts = [resolve_model_dir(path, None, f"expert {path}") for path in args.experts]
+    records = measure(args.base, experts, dict(args.merges))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(records, indent=1))
+    print(format_summary(summary(records)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
