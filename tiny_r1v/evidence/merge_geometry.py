@@ -14,7 +14,8 @@ at lambda = 1), tau_m = W_merged - W_0 and G_k = tau_k^T tau_k:
 - ``loss``: the WUDI loss (c_k = 1) of tau_m over that of the base, D(tau_m) / D(0) (0: every
   expert reproduced on its own inputs; 1: no better than the base).
 
-Rows ``sum`` and ``mean`` (1/K of S) are computed alongside as references. Writes the per-tensor
+Rows ``sum`` and ``mean`` (1/K of S) are computed alongside as references; experts that left a
+tensor unchanged are left out of its figures, as the merges leave them out. Writes the per-tensor
 figures as JSON (``--out``) and prints, per merge and tensor rule, the median and range over
 tensors.
 """
@@ -42,17 +43,25 @@ FIGURES = ("norm", "cosine", "keep", "loss")
 @torch.no_grad()
 def tensor_geometry(taus: Tensor, merged: Tensor) -> dict[str, float]:
     """`FIGURES` of one merged task vector `merged` [d_out, d_in] against the experts' `taus`
-    [K, d_out, d_in] (float32, none zero)."""
+    [K, d_out, d_in] (float32 or float64; ValueError naming a zero one)."""
+    norms = taus.flatten(1).norm(dim=1)
+    if bool((norms == 0).any()):
+        raise ValueError(f"task vector {int((norms == 0).nonzero()[0])} is zero: leave unchanged experts out")
     s = total(taus)
-    grams = taus.mT @ taus  # [K, d_in, d_in]
-    keep = (merged.unsqueeze(0) * (taus @ grams)).flatten(1).sum(1) / grams.flatten(1).square().sum(1)
     objective = WudiObjective(taus)
+    # <tau_m, tau_k G_k> = <tau_m tau_k^T, tau_k tau_k^T> and ||G_k|| = ||tau_k tau_k^T||: the smaller side.
+    if objective.side == "gram":
+        products, overlap = objective.grams, (merged.unsqueeze(0) * objective.tau_grams).flatten(1).sum(1)
+    else:
+        products = taus @ taus.mT  # [K, d_out, d_out]
+        overlap = ((merged @ taus.mT) * products).flatten(1).sum(1)
+    sq = products.flatten(1).square().sum(1)  # [K]
+    at_base = torch.dot(sq, objective.inv_sq_norms)  # D(0)
     ones = taus.new_ones(len(taus))
-    at_base = objective.loss_and_grad(torch.zeros_like(merged), ones)[0]
     return {
         "norm": float(merged.norm() / s.norm()),
         "cosine": float(torch.nn.functional.cosine_similarity(merged.flatten(), s.flatten(), dim=0)),
-        "keep": float(keep.mean()),
+        "keep": float((overlap / sq).mean()),
         "loss": float(objective.loss_and_grad(merged, ones)[0] / at_base),
     }
 
@@ -65,21 +74,23 @@ def linear_tensors(reader: CheckpointReader) -> dict[str, str]:
 
 
 def measure(base: Path, experts: Sequence[Path], merges: Mapping[str, Path]) -> list[dict]:
-    """One record per (merge or reference, tensor): name, tensor, rule and `FIGURES`. Tensors that
-    no expert changed are left out."""
+    """One record per (merge or reference, tensor): name, tensor, rule, the number of experts that
+    changed the tensor and `FIGURES` against those; tensors no expert changed are left out."""
     base_reader = CheckpointReader(base, "base")
     expert_readers = [CheckpointReader(path, f"expert {path}") for path in experts]
     merge_readers = {name: CheckpointReader(path, f"merge {name}") for name, path in merges.items()}
     records = []
     for tensor, rule in linear_tensors(base_reader).items():
         w0 = base_reader.read(tensor).float()
-        taus = torch.stack([reader.read(tensor).float() - w0 for reader in expert_readers])
-        if bool((taus.flatten(1).norm(dim=1) == 0).any()):
+        moved = [tau for reader in expert_readers if bool((tau := reader.read(tensor).float() - w0).any())]
+        if not moved:
             continue
-        candidates = {"sum": total(taus), "mean": total(taus) / len(taus)}
+        changed = torch.stack(moved)
+        candidates = {"sum": total(changed), "mean": total(changed) / len(changed)}
         candidates |= {name: reader.read(tensor).float() - w0 for name, reader in merge_readers.items()}
         for name, merged in candidates.items():
-            records.append({"merge": name, "tensor": tensor, "rule": rule, **tensor_geometry(taus, merged)})
+            figures = tensor_geometry(changed, merged)
+            records.append({"merge": name, "tensor": tensor, "rule": rule, "experts": len(changed), **figures})
     return records
 
 
@@ -99,6 +110,7 @@ def summary(records: Sequence[dict]) -> list[dict]:
 
 
 def format_summary(rows: Sequence[dict]) -> str:
+    """`summary`'s rows as a Markdown table."""
     lines = ["| merge | rule | tensors | " + " | ".join(f"{f} median [min, max]" for f in FIGURES) + " |"]
     lines.append("|---|---|---:|" + "---:|" * len(FIGURES))
     for row in rows:
@@ -107,10 +119,15 @@ def format_summary(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+REFERENCES = ("sum", "mean")
+
+
 def _named(item: str) -> tuple[str, Path]:
     name, sep, path = item.partition("=")
-    if not sep or not name:
+    if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {item!r}")
+    if name in REFERENCES:
+        raise argparse.ArgumentTypeError(f"{item!r}: {name!r} names a reference row; call the merge otherwise")
     return name, Path(path)
 
 
@@ -121,8 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--merges", type=_named, nargs="+", required=True, help="NAME=DIR of each merged model")
     parser.add_argument("--out", type=Path, help="write every tensor's figures here (JSON)")
     args = parser.parse_args(argv)
+    names = [name for name, _ in args.merges]
+    if len(set(names)) < len(names):
+        parser.error(f"--merges: a name given twice ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))})")
     experts = [resolve_model_dir(path, None, f"expert {path}") for path in args.experts]
-    records = measure(args.base, experts, dict(args.merges))
+    merges = {name: resolve_model_dir(path, None, f"merge {name}") for name, path in args.merges}
+    records = measure(resolve_model_dir(args.base, None, "base"), experts, merges)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(records, indent=1))
