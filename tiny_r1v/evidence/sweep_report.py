@@ -33,6 +33,9 @@ SMOOTHING = 5
 VALIDATION = "val/samples"
 SAMPLED_KEYS = ("accuracy", "mean_tokens", "truncated")
 """The figures of a `RunRecord`'s sampled evaluation (a model's averaged row of `launch/eval.py`)."""
+DIAGNOSTICS = ("lipo/boosted_frac", "lipo/penalized_frac", "lipo/l_opt_mean", "lipo/weight_mean")
+"""Training-row keys of a method's own mechanics (what LIPO's switches change: how often the
+boost and the penalty fire, L_opt and the length weights), averaged over each run's steps."""
 BASE = "base"
 """The report's name for the model every run of a task starts from (a row, not a method)."""
 REPORT_FILES = ("sweep.md", "sweep.csv", "sweep.json", "accuracy-vs-tokens.png")
@@ -171,6 +174,23 @@ def summarize(records: Sequence[RunRecord], reference: str = "grpo") -> list[Met
     return out
 
 
+def diagnostics(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """Per (task, method) whose finished runs logged any of `DIAGNOSTICS`: the finished runs
+    counted, and per key the (mean, sample std) over those runs of its mean over the run's steps."""
+    out = []
+    for task, method in dict.fromkeys((r.task, r.method) for r in records):
+        runs = [training_rows(r.rows) for r in records if (r.task, r.method, r.status) == (task, method, "finished")]
+        figures = {}
+        for key in DIAGNOSTICS:
+            if runs and all(any(key in row for row in rows) for rows in runs):
+                figures[key] = mean_std(
+                    [statistics.fmean(float(row[key]) for row in rows if key in row) for rows in runs]
+                )
+        if figures:
+            out.append({"task": task, "method": method, "runs": len(runs), **figures})
+    return out
+
+
 def _pm(mean: float, std: float, digits: int, scale: float = 1.0) -> str:
     if math.isnan(mean):
         return "–"
@@ -216,6 +236,21 @@ def markdown(rows: Sequence[MethodRow], records: Sequence[RunRecord], reference:
                 f"| {_pm(row.sampled_tokens, row.sampled_tokens_std, 1)} "
                 f"| {_pm(row.sampled_truncated, row.sampled_truncated_std, 1, 100)} | {row.failed} | {row.unfinished} |"
             )
+    found = diagnostics(records)
+    if found:
+        keys = [key for key in DIAGNOSTICS if any(key in row for row in found)]
+        lines += [
+            "",
+            "## Method diagnostics",
+            "",
+            "Training rollouts: each key's mean over a run's steps, mean ± sample std over the finished seeds.",
+            "",
+            "| task | method | seeds | " + " | ".join(keys) + " |",
+            "|---|---|---:|" + "---:|" * len(keys),
+        ]
+        for row in found:
+            cells = [_pm(*row[key], 3) if key in row else "–" for key in keys]
+            lines.append(f"| {row['task']} | {row['method']} | {row['runs']} | " + " | ".join(cells) + " |")
     problems = [r for r in records if r.status != "finished"]
     if problems:
         lines += ["", "## Runs not in the figures", "", "| run | status | error |", "|---|---|---|"]
@@ -265,6 +300,10 @@ def json_payload(rows: Sequence[MethodRow], records: Sequence[RunRecord], refere
         "reference_method": reference,
         "rows": [{k: _no_nan(v) for k, v in asdict(row).items()} for row in rows],
         "runs": runs,
+        "diagnostics": [
+            {k: [_no_nan(x) for x in v] if isinstance(v, tuple) else v for k, v in row.items()}
+            for row in diagnostics(records)
+        ],
     }
 
 

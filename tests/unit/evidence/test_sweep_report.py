@@ -17,6 +17,7 @@ from tiny_r1v.evidence.sweep_report import (
     RunRecord,
     csv_text,
     curves,
+    diagnostics,
     json_payload,
     markdown,
     mean_std,
@@ -132,6 +133,37 @@ def test_write_report_writes_tables_and_plots(tmp_path):
     for path in paths:
         assert path.stat().st_size > 0
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths if p.suffix == ".png")
+
+
+def with_lipo(record: RunRecord, boosted: list[float], l_opt: list[float]) -> RunRecord:
+    """`record` with LIPO's diagnostics on its training rows, in step order."""
+    training = iter(zip(boosted, l_opt, strict=True))
+    rows = []
+    for row in record.rows:
+        if "reward/mean" in row:
+            frac, length = next(training)
+            row = {**row, "lipo/boosted_frac": frac, "lipo/l_opt_mean": length}
+        rows.append(row)
+    return replace(record, rows=tuple(rows))
+
+
+def test_diagnostics_average_each_runs_steps_then_the_finished_seeds():
+    records = [
+        with_lipo(RECORDS[2], [0.2, 0.4], [40.0, 44.0]),  # run means 0.3, 42
+        with_lipo(RECORDS[3], [0.1, 0.1], [50.0, 50.0]),  # 0.1, 50
+        *RECORDS[:2],  # grpo: none logged
+        RECORDS[4],  # failed: left out
+    ]
+    (row,) = diagnostics(records)
+    assert (row["task"], row["method"], row["runs"]) == ("math", "lipo", 2)
+    assert row["lipo/boosted_frac"] == pytest.approx((0.2, math.sqrt(0.02)))
+    assert row["lipo/l_opt_mean"] == pytest.approx((46.0, math.sqrt(32.0)))
+    assert "lipo/penalized_frac" not in row
+    text = markdown(summarize(records), records, "grpo")
+    assert "| math | lipo | 2 | 0.200 ± 0.141 | 46.000 ± 5.657 |" in text
+    assert json_payload(summarize(records), records, "grpo")["diagnostics"][0]["lipo/l_opt_mean"] == pytest.approx(
+        [46.0, math.sqrt(32.0)]
+    )
 
 
 def sampled(accuracy: float, tokens: float, truncated: float = 0.0) -> dict:
