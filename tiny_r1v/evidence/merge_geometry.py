@@ -33,7 +33,7 @@ from torch import Tensor
 
 from tiny_r1v.merge.methods import total
 from tiny_r1v.merge.objective import WudiObjective
-from tiny_r1v.merge.policy import assign
+from tiny_r1v.merge.policy import RULES, assign
 from tiny_r1v.merge.safetensors_io import CheckpointReader
 from tiny_r1v.trainer.checkpoint import resolve_model_dir
 
@@ -69,8 +69,8 @@ def tensor_geometry(taus: Tensor, merged: Tensor) -> dict[str, float]:
 def linear_tensors(reader: CheckpointReader) -> dict[str, str]:
     """Tensor name -> policy rule of every 2-D linear weight (language model and vision tower)."""
     shapes = {name: info.shape for name, info in reader.tensors.items()}
-    assignments = assign(shapes, vision="merge", tied=False)
-    return {name: a.rule for name, a in assignments.items() if a.rule in ("lm.linear", "vision.linear")}
+    linear = {rule.name for rule in RULES if rule.role == "linear"}
+    return {name: a.rule for name, a in assign(shapes, vision="merge", tied=False).items() if a.rule in linear}
 
 
 def measure(base: Path, experts: Sequence[Path], merges: Mapping[str, Path]) -> list[dict]:
@@ -86,7 +86,8 @@ def measure(base: Path, experts: Sequence[Path], merges: Mapping[str, Path]) -> 
         if not moved:
             continue
         changed = torch.stack(moved)
-        candidates = {"sum": total(changed), "mean": total(changed) / len(changed)}
+        s = total(changed)
+        candidates = {"sum": s, "mean": s / len(changed)}
         candidates |= {name: reader.read(tensor).float() - w0 for name, reader in merge_readers.items()}
         for name, merged in candidates.items():
             figures = tensor_geometry(changed, merged)
@@ -136,8 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, required=True, help="the base model directory")
     parser.add_argument("--experts", type=Path, nargs="+", required=True, help="expert run or model directories")
     parser.add_argument("--merges", type=_named, nargs="+", required=True, help="NAME=DIR of each merged model")
-    parser.add_argument("--out", type=Path, help="write every tensor's figures here (JSON)")
+    parser.add_argument("--out", type=Path, help="write every tensor's figures here (JSON; a new file)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.overwrite:
+        parser.error(f"--out {args.out} exists; pass --overwrite to replace it")
     names = [name for name, _ in args.merges]
     if len(set(names)) < len(names):
         parser.error(f"--merges: a name given twice ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))})")
@@ -146,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = measure(resolve_model_dir(args.base, None, "base"), experts, merges)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(records, indent=1))
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(records, indent=1))
+        tmp.replace(args.out)
     print(format_summary(summary(records)))
     return 0
 

@@ -1,6 +1,6 @@
 """The merge-geometry figures on hand-computed cases: experts that changed disjoint inputs (the
-sum keeps each exactly), identical experts (the closed-form WUDI takes one copy), a loop for
-`keep`, and the command on real checkpoints of the tiny model."""
+sum keeps each exactly), identical experts (the closed-form WUDI takes one copy), loops for
+`keep` and the loss on both sides, and the command on real checkpoints of the tiny model."""
 
 from __future__ import annotations
 
@@ -62,16 +62,6 @@ def test_a_zero_task_vector_is_named():
         tensor_geometry(taus, torch.ones(2, 2))
 
 
-def test_keep_equals_a_loop_over_experts():
-    g = torch.Generator().manual_seed(2)
-    taus, merged = (
-        torch.randn(3, 5, 4, generator=g, dtype=torch.float64),
-        torch.randn(5, 4, generator=g, dtype=torch.float64),
-    )
-    loop = [float(((merged @ tau.T) * (tau @ tau.T)).sum() / (tau @ tau.T).square().sum()) for tau in taus]
-    assert tensor_geometry(taus, merged)["keep"] == pytest.approx(sum(loop) / len(loop))
-
-
 def test_command_measures_every_changed_linear_weight_of_real_checkpoints(tiny_model_dir, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
@@ -119,6 +109,10 @@ def test_command_measures_every_changed_linear_weight_of_real_checkpoints(tiny_m
         if expected is not None:
             assert {f: r[f] for f in expected} == pytest.approx(expected, rel=1e-2, abs=1e-3), r
     assert "| first | lm.linear |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an existing --out is kept unless --overwrite
+        merge_geometry.main(argv)
+    assert f"--out {out} exists" in capsys.readouterr().err and json.loads(out.read_text()) == records
+    assert merge_geometry.main([*argv, "--overwrite"]) == 0
 
 
 @pytest.mark.parametrize(
