@@ -69,7 +69,18 @@ OFFLINE_KINDS: dict[str, OfflineKind] = {
         offline.reasoning_gym,
         options={"dataset": ("basic_arithmetic", "generator name")},
     ),
-    "tb-math": OfflineKind("testbed: arithmetic on handwritten digits (math)", testbed.tb_math, options=_GLYPH_OPTIONS),
+    "tb-math": OfflineKind(
+        "testbed: arithmetic on handwritten digits (math)",
+        testbed.tb_math,
+        options={
+            **_GLYPH_OPTIONS,
+            "operands": (",".join(map(str, testbed.MATH_OPERANDS)), "comma-separated digits per expression: 2, 3"),
+            "rationale": (
+                testbed.MATH_RATIONALES[0],
+                "expression (7*3+2) | worked (7*3+2=23): what a row's rationale holds",
+            ),
+        },
+    ),
     "tb-chart": OfflineKind(
         "testbed: questions on bar charts of vega_datasets tables (chart)",
         testbed.tb_chart,

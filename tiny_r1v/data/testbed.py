@@ -1,8 +1,8 @@
 """A testbed of three small offline image tasks that mirror the paper's experts (issue "Evidence I").
 
 - `tb_math` (task ``math``): an expression of two or three handwritten scikit-learn digits with
-  ``+``, ``-`` or ``×`` drawn between them (usual precedence); the answer is its value, so it
-  can only be found by reading the image.
+  ``+``, ``-`` or ``×`` drawn between them (usual precedence; ``--operands`` keeps some lengths);
+  the answer is its value, so it can only be found by reading the image.
 - `tb_chart` (task ``chart``): a bar chart, titled with its table and month, rendered with
   matplotlib's Agg canvas from a real table that ``vega_datasets`` ships locally (stocks:
   prices of five companies in one month; seattle-weather: days of each weather type in one
@@ -44,6 +44,11 @@ OCR_LENGTHS = (3, 6)
 """Digits per OCR string, both inclusive."""
 
 MATH_OPERATORS = ("+", "-", "×")
+MATH_OPERANDS = (2, 3)
+"""Digits per expression, drawn uniformly (``--operands`` keeps some)."""
+MATH_RATIONALES = ("expression", "worked")
+"""What a math row's rationale holds: the expression (``7*3+2``) or the expression worked out
+(``7*3+2=23``)."""
 
 _GLYPH = 8  # side of a scikit-learn digit, in source pixels
 
@@ -141,10 +146,15 @@ def _generate(kind: str, draw: Draw, split: str, limit: int | None, seed: int) -
     return items
 
 
-def _draw_expression(rng: random.Random, labels: list[int]) -> tuple[list[int], tuple[str, ...], str]:
-    picks = [rng.randrange(len(labels)) for _ in range(rng.choice((2, 3)))]
-    operators = tuple(rng.choice(MATH_OPERATORS) for _ in picks[1:])
-    return picks, operators, str(_evaluate([labels[pick] for pick in picks], operators))
+def _expression_draw(operands: Sequence[int]) -> Draw:
+    """Draws expressions of a length among `operands` (digits per expression)."""
+
+    def draw(rng: random.Random, labels: list[int]) -> tuple[list[int], tuple[str, ...], str]:
+        picks = [rng.randrange(len(labels)) for _ in range(rng.choice(tuple(operands)))]
+        operators = tuple(rng.choice(MATH_OPERATORS) for _ in picks[1:])
+        return picks, operators, str(_evaluate([labels[pick] for pick in picks], operators))
+
+    return draw
 
 
 def _draw_string(rng: random.Random, labels: list[int]) -> tuple[list[int], tuple[str, ...], str]:
@@ -152,9 +162,21 @@ def _draw_string(rng: random.Random, labels: list[int]) -> tuple[list[int], tupl
     return picks, (), "".join(str(labels[pick]) for pick in picks)
 
 
-def math_items(split: str, limit: int | None, seed: int) -> list[GlyphItem]:
-    """Expressions of 2 or 3 digits of `split` with random operators; see `_generate`."""
-    return _generate("tb-math", _draw_expression, split, limit, seed)
+def math_items(split: str, limit: int | None, seed: int, operands: Sequence[int] = MATH_OPERANDS) -> list[GlyphItem]:
+    """Expressions of `operands` (2 or 3 by default) digits of `split` with random operators;
+    see `_generate`. The default draws as the testbed always has (same rows)."""
+    return _generate("tb-math", _expression_draw(operands), split, limit, seed)
+
+
+def math_operands(operands: str) -> tuple[int, ...]:
+    """The lengths of a comma-separated ``--operands`` value, checked against `MATH_OPERANDS`."""
+    try:
+        lengths = tuple(int(length) for length in operands.split(","))
+    except ValueError:
+        lengths = ()
+    if not lengths or any(length not in MATH_OPERANDS for length in lengths):
+        raise ConvertError(f"--operands {operands!r}: expected comma-separated lengths among 2, 3")
+    return lengths
 
 
 def ocr_items(split: str, limit: int | None, seed: int) -> list[GlyphItem]:
@@ -181,54 +203,91 @@ def expression_text(item: GlyphItem, labels: dict[int, int]) -> str:
     return text
 
 
+def worked_text(item: GlyphItem, labels: dict[int, int]) -> str:
+    """The expression worked out, e.g. ``7*3+2=23``: a math row's rationale with
+    ``--rationale worked``, so a warm start computes the value right after reading it."""
+    return f"{expression_text(item, labels)}={item.answer}"
+
+
 Rationale = Callable[[GlyphItem, dict[int, int]], str]
 """(item, digit label by ``load_digits`` index) -> the row's rationale."""
 
+_MATH_RATIONALE: dict[str, Rationale] = {"expression": expression_text, "worked": worked_text}
 
-def _glyph_converter(
-    items: Callable[[str, int | None, int], list[GlyphItem]],
+
+def _write_glyph_rows(
+    writer: DatasetWriter,
+    items: list[GlyphItem],
+    *,
+    split: str,
     task: Task,
     question: str,
-    doc: str,
-    rationale: Rationale | None = None,
-) -> Callable[..., None]:
-    """A converter writing `items` as rows of `task` asking `question`, one image per row."""
-
-    def convert(
-        writer: DatasetWriter, *, split: str, limit: int | None, seed: int, width: int, height: int, layout: str
-    ) -> None:
-        source, images, labels = _digit_split(split)
-        pixels = dict(zip(source, images, strict=True))
-        label_of = dict(zip(source, labels, strict=True))
-        for item in items(split, limit, seed):
-            image = _glyph_row(_glyphs(item, pixels), width, height, layout)
-            writer.row(
-                uid=item.uid,
-                task=task,
-                question=question,
-                answer=item.answer,
-                images=[writer.image(item.uid, image)],
-                rationale=None if rationale is None else rationale(item, label_of),
-            )
-
-    convert.__doc__ = doc
-    return convert
+    rationale: Rationale,
+    width: int,
+    height: int,
+    layout: str,
+) -> None:
+    """Writes `items` (drawn from `split`'s digits) as rows of `task` asking `question`, one
+    image per row."""
+    source, images, labels = _digit_split(split)
+    pixels = dict(zip(source, images, strict=True))
+    label_of = dict(zip(source, labels, strict=True))
+    for item in items:
+        image = _glyph_row(_glyphs(item, pixels), width, height, layout)
+        writer.row(
+            uid=item.uid,
+            task=task,
+            question=question,
+            answer=item.answer,
+            images=[writer.image(item.uid, image)],
+            rationale=rationale(item, label_of),
+        )
 
 
-tb_math = _glyph_converter(
-    math_items,
-    "math",
-    "What is the value of the expression in the image?",
-    "Handwritten-digit arithmetic (math).",
-    rationale=expression_text,
-)
-tb_ocr = _glyph_converter(
-    ocr_items,
-    "ocr",
-    "Transcribe the digits in the image.",
-    "Handwritten digit strings to transcribe (ocr).",
-    rationale=lambda item, labels: item.answer,
-)
+def tb_math(
+    writer: DatasetWriter,
+    *,
+    split: str,
+    limit: int | None,
+    seed: int,
+    width: int,
+    height: int,
+    layout: str,
+    operands: str,
+    rationale: str,
+) -> None:
+    """Handwritten-digit arithmetic (math): expressions of the comma-separated `operands`
+    lengths; `rationale` one of `MATH_RATIONALES`."""
+    if rationale not in _MATH_RATIONALE:
+        raise ConvertError(f"--rationale {rationale!r}: expected one of {', '.join(MATH_RATIONALES)}")
+    _write_glyph_rows(
+        writer,
+        math_items(split, limit, seed, math_operands(operands)),
+        split=split,
+        task="math",
+        question="What is the value of the expression in the image?",
+        rationale=_MATH_RATIONALE[rationale],
+        width=width,
+        height=height,
+        layout=layout,
+    )
+
+
+def tb_ocr(
+    writer: DatasetWriter, *, split: str, limit: int | None, seed: int, width: int, height: int, layout: str
+) -> None:
+    """Handwritten digit strings to transcribe (ocr); the rationale is the digit string."""
+    _write_glyph_rows(
+        writer,
+        ocr_items(split, limit, seed),
+        split=split,
+        task="ocr",
+        question="Transcribe the digits in the image.",
+        rationale=lambda item, labels: item.answer,
+        width=width,
+        height=height,
+        layout=layout,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

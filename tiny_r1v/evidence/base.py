@@ -10,10 +10,10 @@ writes under ``--out`` (each part skipped when it already exists):
   splits whole;
 - ``base-model/``: the tiny factory Qwen2.5-VL (`tiny_r1v.models.tiny`);
 - ``read-model/`` and ``warm-model/``: the base after a supervised warm start in two stages,
-  reading (OCR and math rows, reading-only targets) and then the three-task mixture
-  (`tiny_r1v.warmstart`), every prompt with its image last: ``<think>`` reasoning that opens,
-  for math and OCR, with what the image shows (the rows' ``rationale``), then 0..6 filler
-  sentences, then ``\\boxed{}``;
+  reading (OCR and math rows, reading-only targets) and then the three-task mixture in rounds
+  (``warm-model-1/``, ...; `tiny_r1v.warmstart`), every prompt with its image last: ``<think>``
+  reasoning that opens, for math and OCR, with what the image shows (the rows' ``rationale``,
+  a math row's worked out: ``7*8=56``), then 0..6 filler sentences, then ``\\boxed{}``;
 - ``checks.json`` (and ``checks-samples.jsonl``, every scored sample): three checks on held-out
   test prompts (``--tune``: ``checks-val.json`` on the validation split, to choose settings by),
   sampled as RL samples them (temperature 1, ``n`` per prompt, fixed seed) on the real vLLM CPU
@@ -100,6 +100,12 @@ class BaseConfig:
     """Kinds of chart question (`tiny_r1v.data.testbed.CHART_QUESTIONS`): the largest and the
     smallest bar's label. A bar's value and the gap need its printed digits, a few pixels tall at
     112x112, which the tiny model does not read (docs/experiments.md)."""
+    math_operands: tuple[int, ...] = (2,)
+    """Digits per math expression (`tiny_r1v.data.testbed.MATH_OPERANDS`)."""
+    math_rationale: str = "worked"
+    """What a math row's rationale, its reading in the warm start's targets, holds:
+    ``expression`` (``I read 7*3+2.``) or ``worked`` (``I read 7*3+2=23.``, the value computed
+    right after the reading, at a fixed distance from it)."""
     reading_steps: int = 4500
     """Stage 1 of the warm start (``read-model/``): supervised steps (batch 16, lr
     `reading_lr`) on the `reading_tasks` train rows with reading-only targets (``<think> I read
@@ -110,9 +116,12 @@ class BaseConfig:
     reading_tasks: tuple[str, ...] = ("ocr", "math")
     """The tasks whose train rows the reading stage trains on (their readings are their
     rationales: an OCR row's digits, a math row's expression)."""
-    warm_start_steps: int = 3000
+    warm_start_steps: tuple[int, ...] = (3000, 3000)
     """Stage 2 (``warm-model/``): supervised steps (batch 16, lr `warm_start_lr`) on the
-    three-task mixture with 0..6 filler sentences, from the reading stage's model."""
+    three-task mixture with 0..6 filler sentences, from the reading stage's model, as successive
+    warm starts of these many steps, each from the previous one's model with its learning-rate
+    schedule started again (``warm-model-1/``, ..., the last ``warm-model/``). On 300 two-digit
+    expressions the second round is where the arithmetic is learnt (docs/experiments.md)."""
     warm_start_lr: float = 1e-3
     min_pixels: int = 3136
     max_pixels: int = 12544
@@ -144,7 +153,12 @@ class BaseConfig:
 
     def converter_args(self, task: str) -> list[str]:
         """The converter options (`tiny_r1v.data.convert`) of `task`'s rows."""
-        return ["--questions", ",".join(self.chart_questions)] if task == "chart" else self.digit_image_args()
+        if task == "chart":
+            return ["--questions", ",".join(self.chart_questions)]
+        if task == "math":
+            operands = ",".join(map(str, self.math_operands))
+            return [*self.digit_image_args(), "--operands", operands, "--rationale", self.math_rationale]
+        return self.digit_image_args()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,6 +415,8 @@ def build_base(out: Path, cfg: BaseConfig = BaseConfig()) -> dict:
 def build_models(out: Path, cfg: BaseConfig) -> dict[str, float]:
     """The testbed and the models of the base that are missing under `out` (everything but the
     checks); returns the seconds of each part built."""
+    if not cfg.warm_start_steps or min(cfg.warm_start_steps) < 1:
+        raise ValueError(f"warm_start_steps: one or more positive step counts, got {list(cfg.warm_start_steps)}")
     timings: dict[str, float] = {}
     data = out / "data"
     base, read, warm = out / "base-model", out / "read-model", out / "warm-model"
@@ -439,9 +455,13 @@ def build_models(out: Path, cfg: BaseConfig) -> dict[str, float]:
     if not (warm / "config.json").is_file():
         source = read if cfg.reading_steps else base
         examples = _load(data, "train", cfg)
-        timings["warm_start"] = _warm_start(
-            source, examples, warm, cfg.warm_start_steps, cfg.warm_start_lr, cfg, reading=False
-        )
+        for round_, steps in enumerate(cfg.warm_start_steps, 1):
+            target = warm if round_ == len(cfg.warm_start_steps) else out / f"warm-model-{round_}"
+            if not (target / "config.json").is_file():
+                timings[f"warm_start/{round_}"] = _warm_start(
+                    source, examples, target, steps, cfg.warm_start_lr, cfg, reading=False
+                )
+            source = target
     return timings
 
 
@@ -532,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif isinstance(value, tuple) and isinstance(value[0], str):
             parser.add_argument(f"--{key.replace('_', '-')}", nargs="+", default=value)
         elif isinstance(value, tuple):
-            parser.add_argument(f"--{key.replace('_', '-')}", type=int, nargs=len(value), default=value)
+            parser.add_argument(f"--{key.replace('_', '-')}", type=int, nargs="+", default=value)
         else:
             parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)

@@ -16,8 +16,9 @@ On the OCR rows of a base built with the ``cells`` layout (one glyph per vision 
    one that learnt its train rows by heart (high on train only).
 3. **reading**: teacher-forced, with the true reading after `READ_PREFIX`, the share of images
    whose most likely next token is the true character, per position (OCR validation and train
-   rows; the math validation rows' expressions too, when the base has them): whether the model
-   reads every cell in order, operators included, not just the first.
+   rows; the math validation rows' readings too, when the base has them, with their values after
+   ``=`` when they are worked out): whether the model reads every cell in order, operators
+   included, not just the first, and whether it computes what it read.
 4. **attention**: at that same position, each layer's and head's attention mass on the image
    tokens, and the shares of it on the first digit's cell and on the blank cells after the last
    digit: where the model looks when it should read the first digit.

@@ -129,6 +129,25 @@ def test_digit_rows_carry_what_the_image_shows_as_rationale_and_charts_none(tmp_
     assert all("rationale" not in row for row in _write(tmp_path / "chart", "tb-chart", "test", "--limit", "5"))
 
 
+def test_math_operands_and_worked_rationale(tmp_path: Path) -> None:
+    rows = _write(tmp_path / "two", "tb-math", "test", "--limit", "40", "--operands", "2", "--rationale", "worked")
+    for row in rows:
+        expression, value = row["rationale"].split("=", 1)
+        assert len(expression) == 3 and value == row["answer"] == str(eval(expression)), row  # noqa: S307
+    lengths = {len(item.digits) for item in tb.math_items("test", 40, 0, (3,))}
+    assert lengths == {3}
+    # The default still draws both lengths, as the testbed always has.
+    assert {len(item.digits) for item in tb.math_items("test", 40, 0)} == {2, 3}
+
+
+@pytest.mark.parametrize(("option", "value"), [("--operands", "4"), ("--operands", "2,x"), ("--rationale", "value")])
+def test_math_options_refuse_unknown_values(tmp_path: Path, capsys, option: str, value: str) -> None:
+    with pytest.raises(SystemExit):
+        _write(tmp_path, "tb-math", "test", "--limit", "2", option, value)
+    assert f"{option} '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "test.jsonl").exists()
+
+
 def test_cells_layout_puts_one_glyph_in_each_cell_from_the_left(tmp_path: Path) -> None:
     rows = _write(tmp_path, "tb-ocr", "test", "--limit", "20", "--width", "224", "--height", "28", "--layout", "cells")
     for row in rows:
