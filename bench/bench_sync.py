@@ -35,7 +35,8 @@ from tiny_r1v.config import load_config
 from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.models.tiny import build_tiny_model
 from tiny_r1v.rollout.transfer import GLOO_BACKEND, WeightSender, bucket_bytes, register_gloo_engine, update_info
-from tiny_r1v.trainer.actors import RolloutWorker, _free_port
+from tiny_r1v.trainer.actors import RolloutWorker
+from tiny_r1v.trainer.ports import free_port
 from tiny_r1v.trainer.weights import PackedWeights
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
@@ -95,7 +96,7 @@ class Receiver:
 def joined(member_joins, sender: WeightSender) -> None:
     """Form a transfer group of `sender` (rank 0) and one member, which `member_joins(address,
     port, world_size)` starts joining."""
-    address, port = _free_port()
+    address, port = free_port()
     ref = member_joins(address, port, 2)
     sender.join(address, port, 2)
     ray.get(ref)

@@ -45,6 +45,13 @@ def _wait_for_dashboard(port: int, timeout: float) -> None:
             time.sleep(2)
 
 
+def _head_logs(temp_dir: str) -> str:
+    """The end of the head's own logs: why its job server stopped answering, when it did."""
+    logs = Path(temp_dir) / "session_latest" / "logs"
+    names = ("ray_process_exit.log", "dashboard.err", "dashboard.log", "dashboard_JobHead.log")
+    return "".join(f"\n--- {logs / n}:\n{(logs / n).read_text()[-1500:]}" for n in names if (logs / n).is_file())
+
+
 @pytest.fixture(scope="module")
 def submit() -> Iterator:
     """A started head; yields `submit(*entry_point_args)` -> the finished `ray job submit`."""
@@ -103,7 +110,7 @@ def submit() -> Iterator:
             if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
                 break
             time.sleep(3)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + _head_logs(temp_dir)
         assert "succeeded" in result.stdout
         return result
 

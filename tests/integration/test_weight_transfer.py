@@ -14,7 +14,8 @@ from transformers import AutoProcessor
 
 from tiny_r1v.protocol import Prompt
 from tiny_r1v.rollout.transfer import GLOO_BACKEND, WeightSender, bucket_ranges, update_info
-from tiny_r1v.trainer.actors import RolloutWorker, _free_port
+from tiny_r1v.trainer.actors import RolloutWorker
+from tiny_r1v.trainer.ports import free_port
 from tiny_r1v.trainer.weights import PackedWeights
 
 pytestmark = [
@@ -57,7 +58,7 @@ def test_two_rollout_workers_take_the_learners_weights_through_the_transfer_engi
         # A worker outside the group (one restarted since it formed) refuses at once.
         with pytest.raises(ray.exceptions.RayTaskError, match="has not joined the weight-transfer group"):
             ray.get(workers[1].receive_weights.remote(info, 1))
-        address, port = _free_port()
+        address, port = free_port()
         joins = [worker.join_transfer.remote(address, port, 1 + i, 3) for i, worker in enumerate(workers)]
         sender = WeightSender(GLOO_BACKEND, BUCKET)
         sender.join(address, port, 3)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from tiny_r1v.learner.worker import Learner
 from tiny_r1v.protocol import Generation, Prompt
 from tiny_r1v.rollout.sampling import EngineModel, SamplingSpec
 from tiny_r1v.trainer.checkpoint import log_dir
+from tiny_r1v.trainer.ports import free_port
 from tiny_r1v.trainer.scoring import GroupScorer
 from tiny_r1v.trainer.weights import PackedWeights
 
@@ -124,7 +124,7 @@ class LearnerWorker(Learner):
 
     def transfer_address(self) -> tuple[str, int]:
         """Where a weight-transfer group led by this rank can meet (this node, a free port)."""
-        return _free_port()
+        return free_port()
 
     def update_info(self) -> dict:
         """What each engine is told to receive in a sync (vLLM's ``update_info``)."""
@@ -157,12 +157,6 @@ class LearnerWorker(Learner):
                 pass
 
 
-def _free_port() -> tuple[str, int]:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return ray.util.get_node_ip_address(), sock.getsockname()[1]
-
-
 class ActorGraph:
     """Creates the actors of one run and holds their handles."""
 
@@ -177,7 +171,7 @@ class ActorGraph:
         self.learner_group: PlacementGroup = placement_group([bundle] * learners, strategy="PACK")
         ray.get(self.learner_group.ready())
         on_bundle = [PlacementGroupSchedulingStrategy(self.learner_group, i) for i in range(learners)]
-        address, port = ray.get(ray.remote(num_cpus=0)(_free_port).options(scheduling_strategy=on_bundle[0]).remote())
+        address, port = ray.get(ray.remote(num_cpus=0)(free_port).options(scheduling_strategy=on_bundle[0]).remote())
         learner_cls = ray.remote(LearnerWorker)
         self.learners = [
             learner_cls.options(
