@@ -80,59 +80,70 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world_size: int, port: int, model_dir: str, out: dict, overrides: dict) -> None:
+def _rank_main(rank: int, world_size: int, ports: list[int], model_dir: str, out: dict, runs: dict) -> None:
+    """Each of `runs` (name -> overrides) in turn on this rank: its own learner and process group."""
     from transformers import AutoProcessor
 
     from tiny_r1v.learner.worker import Learner
 
-    cfg = learner_config(Path(model_dir), world_size, **overrides)
     samples = learner_samples(AutoProcessor.from_pretrained(model_dir))
-    learner = Learner(cfg, rank, world_size, "127.0.0.1", port)
-    before = learner.full_state_dict()
-    mini = cfg.learner.global_batch_size * cfg.rollout.n
-    metrics = learner.train_step(shard_for_rank(samples, rank, world_size, mini))
-    after = learner.full_state_dict()
-    learner.close()
-    out[f"pg_loss/{rank}"] = metrics["pg_loss"]
-    if rank == 0:
-        out["metrics"] = metrics
-        out["before"] = before
-        out["after"] = after
+    for (name, overrides), port in zip(runs.items(), ports, strict=True):
+        cfg = learner_config(Path(model_dir), world_size, **overrides)
+        learner = Learner(cfg, rank, world_size, "127.0.0.1", port)
+        before = learner.full_state_dict()
+        mini = cfg.learner.global_batch_size * cfg.rollout.n
+        metrics = learner.train_step(shard_for_rank(samples, rank, world_size, mini))
+        after = learner.full_state_dict()
+        learner.close()
+        out[(name, f"pg_loss/{rank}")] = metrics["pg_loss"]
+        if rank == 0:
+            out[(name, "metrics")], out[(name, "before")], out[(name, "after")] = metrics, before, after
 
 
-def _train(model_dir: Path, world_size: int, **overrides: str) -> dict:
+def _train(model_dir: Path, world_size: int, runs: dict[str, dict[str, str]]) -> dict[str, dict]:
+    """`runs` one after the other in the same `world_size` processes (spawned once: their start
+    is most of the cost); name -> what each reported."""
     ctx = multiprocessing.get_context("spawn")
-    port = _free_port()
+    ports = [_free_port() for _ in runs]
     with ctx.Manager() as manager:
         out = manager.dict()
         procs = [
-            ctx.Process(target=_rank_main, args=(rank, world_size, port, str(model_dir), out, overrides))
+            ctx.Process(target=_rank_main, args=(rank, world_size, ports, str(model_dir), out, runs))
             for rank in range(world_size)
         ]
         for proc in procs:
             proc.start()
         for proc in procs:
-            proc.join(timeout=300)
+            proc.join(timeout=300 * len(runs))
         assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
-        return dict(out)
+        reported: dict[str, dict] = {name: {} for name in runs}
+        for (name, key), value in out.items():
+            reported[name][key] = value
+        return reported
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model_dir: Path) -> dict[int | str, dict]:
-    runs: dict[int | str, dict] = {world: _train(tiny_model_dir, world) for world in (1, 2)}
-    runs["micro 1"] = _train(tiny_model_dir, 1, **{"learner.micro_batch_size": "1"})
-    runs["padded 2"] = _train(tiny_model_dir, 2, **{"learner.padding_free": "false"})
+def trained(tiny_model_dir: Path) -> dict[str, dict]:
     # Sample lengths (prompt + response) are 33-48 tokens: 90 fits two of them, not always, so
-    # the ranks need different numbers of micro-batches (the most is taken by both).
-    runs["budget 2"] = _train(tiny_model_dir, 2, **{"learner.max_tokens_per_micro_batch": str(BUDGET)})
-    return runs
+    # under "budget 2" the ranks need different numbers of micro-batches (the most is taken by both).
+    one = _train(tiny_model_dir, 1, {"1": {}, "micro 1": {"learner.micro_batch_size": "1"}})
+    two = _train(
+        tiny_model_dir,
+        2,
+        {
+            "2": {},
+            "padded 2": {"learner.padding_free": "false"},
+            "budget 2": {"learner.max_tokens_per_micro_batch": str(BUDGET)},
+        },
+    )
+    return {**one, **two}
 
 
 BUDGET = 90
 
 
-def test_update_changes_weights_and_reports_metrics(trained: dict[int, dict]) -> None:
-    result = trained[2]
+def test_update_changes_weights_and_reports_metrics(trained: dict[str, dict]) -> None:
+    result = trained["2"]
     before, after = result["before"], result["after"]
     assert before.keys() == after.keys()
     assert any(k.startswith("model.visual.") for k in after) and "lm_head.weight" in after
@@ -145,18 +156,18 @@ def test_update_changes_weights_and_reports_metrics(trained: dict[int, dict]) ->
     assert metrics["grad_norm"] > 0
 
 
-def test_micro_batching_changes_neither_gradient_nor_reported_loss(trained: dict[int | str, dict]) -> None:
+def test_micro_batching_changes_neither_gradient_nor_reported_loss(trained: dict[str, dict]) -> None:
     # Gradient accumulation over 4 micro-batches of 1 instead of 2 of 2: the same mini-batches.
-    one, micro = trained[1], trained["micro 1"]
+    one, micro = trained["1"], trained["micro 1"]
     # (Weights are not compared: Adam's first step moves every weight by about lr whatever the
     # size of its gradient, so rounding noise in near-zero vision gradients shows at full size.)
     for key in ("pg_loss", "grad_norm"):
         assert micro["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-4, abs=1e-7), key
 
 
-def test_packed_matches_padded_on_two_ranks(trained: dict[int | str, dict]) -> None:
+def test_packed_matches_padded_on_two_ranks(trained: dict[str, dict]) -> None:
     # The quickstart packs micro-batches (images of three sizes and a text-only prompt among them).
-    packed, padded = trained[2], trained["padded 2"]
+    packed, padded = trained["2"], trained["padded 2"]
     assert packed["metrics"]["padding_share"] == 0 < padded["metrics"]["padding_share"]
     for key in ("pg_loss", "grad_norm", "entropy", "kl", "ppo_kl"):
         assert packed["metrics"][key] == pytest.approx(padded["metrics"][key], rel=1e-4, abs=1e-7), key
@@ -166,8 +177,8 @@ def test_packed_matches_padded_on_two_ranks(trained: dict[int | str, dict]) -> N
     # rounding noise of near-zero vision gradients at full size.)
 
 
-def test_token_budget_changes_neither_gradient_nor_loss(trained: dict[int | str, dict]) -> None:
-    fixed, budget = trained[2], trained["budget 2"]
+def test_token_budget_changes_neither_gradient_nor_loss(trained: dict[str, dict]) -> None:
+    fixed, budget = trained["2"], trained["budget 2"]
     metrics = budget["metrics"]
     # Mini-batch 1 fits one micro-batch per rank, mini-batch 2 needs two on rank 0: both ranks run two.
     assert metrics["micro_batches"] == 1.5 and fixed["metrics"]["micro_batches"] == 1
@@ -177,8 +188,8 @@ def test_token_budget_changes_neither_gradient_nor_loss(trained: dict[int | str,
         assert metrics[key] == pytest.approx(fixed["metrics"][key], rel=1e-4, abs=1e-7), key
 
 
-def test_two_ranks_match_one_rank(trained: dict[int, dict]) -> None:
-    one, two = trained[1], trained[2]
+def test_two_ranks_match_one_rank(trained: dict[str, dict]) -> None:
+    one, two = trained["1"], trained["2"]
     # The global gradient norm is computed over all ranks' shards: equal if the loss is
     # normalised over the whole mini-batch, whatever the number of ranks.
     assert two["metrics"]["grad_norm"] == pytest.approx(one["metrics"]["grad_norm"], rel=1e-4)
