@@ -10,7 +10,7 @@ of its repeats (the two lookups take turns within each repeat):
 - baseline: the same lookup in a fresh worker that first imports `tiny_r1v.trainer.actors`, the
   module the lookup lived in before (torch, transformers and what they import);
 - actor graph: `ActorGraph` on the quickstart config, from its creation until its learners,
-  rollout worker and scorer answer, then shut down (``--graphs`` times).
+  rollout worker and scorer answer and through its shutdown (lookup included; ``--graphs`` times).
 
 The lookup runs before any actor exists, so what it saves comes off every run's start.
 """
@@ -83,7 +83,7 @@ def main() -> None:
     print(f"{'path':42s} {'seconds':>8s} {'vs baseline':>12s}")
     for name, values in times.items():
         print(f"{name:42s} {statistics.median(values):8.2f} {statistics.median(values) / baseline:12.3f}")
-    print(f"{'actor graph to ready (lookup included)':42s} {statistics.median(graph):8.2f}")
+    print(f"{'actor graph: start, ready, shut down':42s} {statistics.median(graph):8.2f}")
 
 
 if __name__ == "__main__":
