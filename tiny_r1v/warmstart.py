@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import shutil
 import time
@@ -36,6 +35,7 @@ from tiny_r1v.config.train import LearnerConfig
 from tiny_r1v.data import Example, load_examples, render_prompt
 from tiny_r1v.learner.inputs import EncodedPrompt, collate, encode_prompt
 from tiny_r1v.learner.policy import PolicyModel
+from tiny_r1v.learner.schedule import lr_factor
 from tiny_r1v.protocol import Prompt, TrainSample
 from tiny_r1v.tasks import IMAGE_POSITIONS, PROMPT_FORMATS, ImagePosition, PromptFormat, check_prompt_format
 
@@ -72,6 +72,9 @@ MAX_FILLERS = 6
 
 LOG_FILE = "warm_start.json"
 """Written into the output directory: settings, per-step losses and seconds, and wall time."""
+
+# The cosine tail ends at a tenth of the peak lr (WarmStartConfig.lr).
+_MIN_LR_RATIO = 0.1
 
 # Files of the source model directory that `save_pretrained` replaces or that hold weights;
 # every other top-level file (tokenizer, processor, chat template) is copied unchanged.
@@ -207,7 +210,9 @@ def _train(
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     # Warm-up keeps the first Adam steps of a random model from overshooting; the cosine tail
     # lets the last steps settle instead of leaving the weights mid-oscillation.
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, cfg.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.steps, cfg.warmup_steps, "cosine", _MIN_LR_RATIO)
+    )
     # Prompts are encoded once, on first use: the processor (image resize, patching) costs more
     # than a training step of a tiny model.
     encoded: dict[str, EncodedPrompt] = {}
@@ -248,14 +253,6 @@ def _train(
             print(f"warm start step {step + 1}/{cfg.steps}: loss {losses[-1]:.4f}", flush=True)
     model.eval()
     return losses, step_seconds
-
-
-def _lr_factor(step: int, warmup_steps: int, steps: int) -> float:
-    """Multiplier of the base lr at `step`: linear warm-up, then cosine decay to 0.1."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def save_model(model: Qwen2_5_VLForConditionalGeneration, source: Path, out: Path) -> None:

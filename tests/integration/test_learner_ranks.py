@@ -90,9 +90,10 @@ def _rank_main(rank: int, world_size: int, ports: list[int], model_dir: str, out
     for (name, overrides), port in zip(runs.items(), ports, strict=True):
         cfg = learner_config(Path(model_dir), world_size, **overrides)
         learner = Learner(cfg, rank, world_size, "127.0.0.1", port)
-        before = learner.full_state_dict()
+        # Copied: on one rank the full state dict may share the parameters' storage.
+        before = {name: tensor.clone() for name, tensor in learner.full_state_dict().items()}
         mini = cfg.learner.global_batch_size * cfg.rollout.n
-        metrics = learner.train_step(shard_for_rank(samples, rank, world_size, mini))
+        metrics = learner.train_step(shard_for_rank(samples, rank, world_size, mini), step=0)
         after = learner.full_state_dict()
         learner.close()
         out[(name, f"pg_loss/{rank}")] = metrics["pg_loss"]
@@ -126,7 +127,18 @@ def _train(model_dir: Path, world_size: int, runs: dict[str, dict[str, str]]) ->
 def trained(tiny_model_dir: Path) -> dict[str, dict]:
     # Sample lengths (prompt + response) are 33-48 tokens: 90 fits two of them, not always, so
     # under "budget 2" the ranks need different numbers of micro-batches (the most is taken by both).
-    one = _train(tiny_model_dir, 1, {"1": {}, "micro 1": {"learner.micro_batch_size": "1"}})
+    # "one step": the 4 prompts in one optimizer step, so that the whole update is Adam's first.
+    one_step = {"learner.global_batch_size": "4"}
+    one = _train(
+        tiny_model_dir,
+        1,
+        {
+            "1": {},
+            "micro 1": {"learner.micro_batch_size": "1"},
+            "one step": one_step,
+            "one step, warm-up 2": {**one_step, "learner.lr_warmup_steps": "2"},
+        },
+    )
     two = _train(
         tiny_model_dir,
         2,
@@ -188,6 +200,19 @@ def test_token_budget_changes_neither_gradient_nor_loss(trained: dict[str, dict]
         assert metrics[key] == pytest.approx(fixed["metrics"][key], rel=1e-4, abs=1e-7), key
 
 
+def test_warm_up_scales_the_first_update(trained: dict[str, dict]) -> None:
+    """Step 0 of a 2-step warm-up takes half the lr. Adam's first update is lr times a function of
+    the gradient alone (weight decay included), and the gradients are the same: the weights move
+    exactly half as far."""
+    full, warm = trained["one step"], trained["one step, warm-up 2"]
+    assert (full["metrics"]["optimizer_steps"], full["metrics"]["lr"], warm["metrics"]["lr"]) == (1, 1e-3, 5e-4)
+    assert warm["metrics"]["grad_norm"] == full["metrics"]["grad_norm"]
+    for name, start in full["before"].items():
+        torch.testing.assert_close(
+            warm["after"][name] - start, (full["after"][name] - start) / 2, atol=1e-6, rtol=1e-3, msg=name
+        )
+
+
 def test_two_ranks_match_one_rank(trained: dict[str, dict]) -> None:
     one, two = trained["1"], trained["2"]
     # The global gradient norm is computed over all ranks' shards: equal if the loss is
@@ -212,7 +237,7 @@ def _resume_main(port: int, model_dir: str, directory: str, out: dict) -> None:
     micro_batches = [mb for mini in learner._mini_batches(learner._encode(samples)) for mb in mini]
     out["policy_logprobs"] = learner._logprobs(learner.policy, micro_batches)
     out["reference_logprobs"] = learner._logprobs(learner.reference, micro_batches)
-    learner.train_step(samples)
+    learner.train_step(samples, step=0)
     learner.save(directory)
     out["masters"] = learner.full_state_dict()
     learner.close()

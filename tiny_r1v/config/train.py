@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tiny_r1v.config.loader import require, section
+from tiny_r1v.learner.schedule import LrSchedule
 from tiny_r1v.tasks import ImagePosition, PromptFormat, Task
 
 # Qwen2.5-VL: 14-pixel patches merged 2x2, so one image token per 28x28 pixels.
@@ -362,7 +363,16 @@ class LearnerConfig:
     num_workers: int = 1
     """Learner processes (FSDP2 ranks)."""
     lr: float = 1e-6
-    """AdamW learning rate (constant)."""
+    """Peak AdamW learning rate (see lr_warmup_steps and lr_schedule)."""
+    lr_warmup_steps: int = 0
+    """Training steps of linear warm-up: step s (from 0) takes lr * (s + 1) / lr_warmup_steps.
+    0: none."""
+    lr_schedule: LrSchedule = "constant"
+    """After the warm-up: constant, or cosine (a half cosine from lr down to lr * min_lr_ratio
+    over the remaining trainer.total_steps). Every optimizer step of a training step takes
+    that step's lr; it is a function of the step, so a resumed run continues it."""
+    min_lr_ratio: float = 0.0
+    """Where the cosine ends, as a share of lr, in [0, 1]."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -393,6 +403,8 @@ class LearnerConfig:
     def validate(self) -> None:
         _positive("num_workers", self.num_workers)
         _positive("lr", self.lr)
+        _at_least("lr_warmup_steps", self.lr_warmup_steps, 0)
+        _within("min_lr_ratio", self.min_lr_ratio, 0, 1)
         _at_least("weight_decay", self.weight_decay, 0)
         for beta in self.betas:
             _within("betas", beta, 0, 1, "[)")
@@ -515,6 +527,12 @@ class TrainConfig:
             samples % per_pass == 0,
             "learner.global_batch_size",
             f"samples per step (global_batch_size * rollout.n = {samples}) must be a multiple of {cut} ({per_pass})",
+        )
+        require(
+            learner.lr_warmup_steps < self.trainer.total_steps,
+            "learner.lr_warmup_steps",
+            f"must be below trainer.total_steps ({self.trainer.total_steps}) for the run to reach its peak lr, "
+            f"got {learner.lr_warmup_steps}",
         )
         require(
             not (self.model.attn_implementation == "flash_attention_2" and self.trainer.device == "cpu"),

@@ -33,6 +33,7 @@ from tiny_r1v.config.train import TrainConfig
 from tiny_r1v.device import attention_kernel, compute_dtype, resolve_device
 from tiny_r1v.learner.inputs import EncodedPrompt, PolicyInputs, collate, cut_by_tokens, encode_prompt, pack
 from tiny_r1v.learner.policy import PolicyModel, shard_policy
+from tiny_r1v.learner.schedule import lr_factor
 from tiny_r1v.protocol import TrainSample
 from tiny_r1v.timing import timed
 
@@ -281,17 +282,23 @@ class Learner:
         temperature = self.cfg.rollout.temperature
         return [module(mb.to(self.device), temperature)[0] for mb in micro_batches]
 
-    def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
-        """Recompute old (and reference) log-probs, then run the PPO updates on this rank's shard.
+    def train_step(self, samples: Sequence[TrainSample], step: int) -> dict[str, float]:
+        """Recompute old (and reference) log-probs, then run the PPO updates on this rank's shard,
+        at training step `step`'s learning rate (0-based; `learner.lr_schedule`).
 
         ``samples`` is this rank's share of the iteration: ``rollout_batch_size * n / world_size``
         responses. Mini-batches are ``samples_per_update / world_size`` of them per rank; the
         loss of each is normalised over the tokens of the whole mini-batch on all ranks.
 
         Returns:
-            Metrics averaged over this rank's micro-batches, plus per-phase seconds.
+            Metrics averaged over this rank's micro-batches, the step's `lr`, and per-phase seconds.
         """
         lcfg = self.cfg.learner
+        lr = lcfg.lr * lr_factor(
+            step, self.cfg.trainer.total_steps, lcfg.lr_warmup_steps, lcfg.lr_schedule, lcfg.min_lr_ratio
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         timings: dict[str, float] = {}
         with timed(timings, "encode"):
             minis = self._mini_batches(self._encode(samples))
@@ -329,6 +336,7 @@ class Learner:
                     steps += 1
         metrics = {key: value / steps for key, value in sums.items()}
         metrics["optimizer_steps"] = float(steps)
+        metrics["lr"] = lr
         metrics.update(micro_batch_shape(micro_batches, len(minis)))
         metrics.update(logprob_gap(micro_batches, old))
         metrics.update(is_metrics)

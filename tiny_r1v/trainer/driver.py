@@ -190,7 +190,7 @@ class Driver:
         ranks = len(self.graph.learners)
         results = ray.get(
             [
-                learner.train_step.remote(shard_for_rank(samples, rank, ranks, mini))
+                learner.train_step.remote(shard_for_rank(samples, rank, ranks, mini), self.step)
                 for rank, learner in enumerate(self.graph.learners)
             ]
         )

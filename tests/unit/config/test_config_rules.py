@@ -203,6 +203,8 @@ RULES = [
     ("learner.ppo_epochs=0", "learner.ppo_epochs: must be > 0, got 0"),
     ("learner.max_tokens_per_micro_batch=0", "learner.max_tokens_per_micro_batch: must be > 0, got 0"),
     ("learner.logprob_chunk_tokens=0", "learner.logprob_chunk_tokens: must be > 0, got 0"),
+    ("learner.lr_warmup_steps=-1", "learner.lr_warmup_steps: must be >= 0, got -1"),
+    ("learner.min_lr_ratio=1.5", "learner.min_lr_ratio: must be in [0, 1], got 1.5"),
     # trainer
     ("trainer.rollout_batch_size=0", "trainer.rollout_batch_size: must be > 0, got 0"),
     ("trainer.total_steps=0", "trainer.total_steps: must be > 0, got 0"),
@@ -221,6 +223,10 @@ RULES = [
         "learner.max_tokens_per_micro_batch=8192 learner.num_workers=3",
         "learner.global_batch_size: samples per step (global_batch_size * rollout.n = 640) must be a "
         "multiple of num_workers (3)",
+    ),
+    (
+        "learner.lr_warmup_steps=120",
+        "learner.lr_warmup_steps: must be below trainer.total_steps (120) for the run to reach its peak lr, got 120",
     ),
     (
         "model.attn_implementation=flash_attention_2 trainer.device=cpu",
@@ -258,6 +264,7 @@ TYPE_ERRORS = [
     ),
     ("data.image_position=middle", "data.image_position: must be one of ['first', 'last'], got 'middle'"),
     ("model.dtype=fp16", "model.dtype: must be one of ['auto', 'bfloat16', 'float32'], got 'fp16'"),
+    ("learner.lr_schedule=linear", "learner.lr_schedule: must be one of ['constant', 'cosine'], got 'linear'"),
     (
         "trainer.loggers=[console,wandb]",
         "trainer.loggers[1]: must be one of ['console', 'jsonl', 'tensorboard'], got 'wandb'",
