@@ -91,7 +91,7 @@ def _rank_main(rank: int, world_size: int, ports: list[int], model_dir: str, out
         cfg = learner_config(Path(model_dir), world_size, **overrides)
         learner = Learner(cfg, rank, world_size, "127.0.0.1", port)
         # Copied: on one rank the full state dict may share the parameters' storage.
-        before = {name: tensor.clone() for name, tensor in learner.full_state_dict().items()}
+        before = {key: tensor.clone() for key, tensor in learner.full_state_dict().items()}
         mini = cfg.learner.global_batch_size * cfg.rollout.n
         metrics = learner.train_step(shard_for_rank(samples, rank, world_size, mini), step=0)
         after = learner.full_state_dict()

@@ -370,7 +370,8 @@ class LearnerConfig:
     lr_schedule: LrSchedule = "constant"
     """After the warm-up: constant, or cosine (a half cosine from lr down to lr * min_lr_ratio
     over the remaining trainer.total_steps). Every optimizer step of a training step takes
-    that step's lr; it is a function of the step, so a resumed run continues it."""
+    that step's lr; it is a function of the step and these settings, so a resumed run with the
+    same settings continues it (a cosine resumed with another total_steps jumps to its lr)."""
     min_lr_ratio: float = 0.0
     """Where the cosine ends, as a share of lr, in [0, 1]."""
     weight_decay: float = 0.01
