@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,6 +57,7 @@ METRICS = [
     "actor/entropy",
     "actor/pg_clipfrac",
     "actor/grad_norm",
+    "actor/lr",
     "actor/pg_loss",
     "time/rollout",
     "time/reward",
@@ -158,7 +160,7 @@ def _summary(method: str, args: tuple) -> tuple:
     if method in ("load_weights", "receive_weights"):
         return (args[1],)
     if method == "train_step":
-        return tuple((s.prompt.uid, len(s.response_ids)) for s in args[0])
+        return (args[1], tuple((s.prompt.uid, len(s.response_ids)) for s in args[0]))
     if method in ("score", "validation_metrics"):
         return tuple(c.uid for c in args[0])
     return ()
@@ -185,7 +187,7 @@ def strict_step_calls(step: int, batch: int, n: int, uids: list[str], version: i
     return [
         ("rollout0", "generate", (prompts, 1, step * batch, False)),
         ("scorer", "score", completions),
-        *[("learner" + str(rank), "train_step", ANY) for rank in range(2)],
+        *[("learner" + str(rank), "train_step", (step, ANY)) for rank in range(2)],
         ("learner0", "packed_weights", ()),
         ("learner1", "packed_weights", ()),
         ("rollout0", "load_weights", (version,)),
@@ -365,6 +367,7 @@ def pipelined_run(ray_local, tiny_model_dir, tmp_path_factory):
             "trainer.total_steps": 4,
             "rollout.weight_sync": "transfer_engine",
             "rollout.weight_bucket_mb": 0.0625,  # buckets close inside the larger tensors
+            "learner.lr_schedule": "cosine",  # each step's lr shows the step the learners were given
         },
     )
     trainer = trainer_of(cfg)
@@ -423,8 +426,8 @@ def test_pipelined_rollouts_are_requested_before_the_update_they_overlap(pipelin
         ("rollout0", "generate", (prompts[0], 1, 0, False)),
         ("rollout0", "generate", (prompts[1], 1, 4, False)),
         ("scorer", "score", tuple(uid for uid in prompts[0] for _ in range(n))),
-        ("learner0", "train_step", ANY),
-        ("learner1", "train_step", ANY),
+        ("learner0", "train_step", (0, ANY)),
+        ("learner1", "train_step", (0, ANY)),
         ("learner0", "transfer_address", ()),
         ("learner0", "join_transfer", ()),
         ("rollout0", "join_transfer", ()),
@@ -467,6 +470,9 @@ def test_pipelined_run_replaces_a_killed_rollout_worker_and_resumes_without_losi
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     assert rows[:3] == interrupted  # nothing of the interrupted run was repeated
     assert rows[3]["rollout/restarts"] == 0
+    # The cosine over 4 steps at the step the learners were given, after the resume too.
+    factors = [(1 + math.cos(math.pi * step / 4)) / 2 for step in range(4)]
+    assert [row["actor/lr"] for row in rows] == pytest.approx([cfg.learner.lr * f for f in factors])
     assert [row["step"] for row in read_metrics(cfg, validation=True)] == [0, 2, 4]
     # Step 2's broadcast found the restarted worker outside the group and delivered nothing; step
     # 3's went through a rebuilt group, step 4's through the resumed run's new one.
